@@ -1,0 +1,299 @@
+"""The offline API: `LLM(model).generate(prompts, params)` and `LLM.stream(requests)`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import CacheConfig, EngineConfig, KVCacheDtype, ModelConfig, SchedulerConfig
+from engine.errors import RequestError
+from engine.kernel_set import kernels_for
+from engine.llm_engine import LLMEngine
+from engine.loader import build_model, extra_eos_token_ids, load_hf_config, resolve_model_source
+from engine.metrics import RunMetrics
+from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
+from engine.output_processor import OutputProcessor, error_completion
+from engine.outputs import Completion
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import PromptEncoder, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request of a stream: exactly one of prompt, messages, prompt_token_ids.
+    sampling_params may be a SamplingParams or a mapping of overrides on the LLM's defaults
+    (an invalid mapping becomes an error Completion, not an exception)."""
+
+    prompt: Any = None
+    messages: Any = None
+    prompt_token_ids: Any = None
+    sampling_params: SamplingParams | Mapping[str, Any] | None = None
+    request_id: Any = None
+
+
+PromptLike = str | list[int] | list[dict[str, str]] | GenerationRequest
+
+
+class LLM:
+    """A model loaded once, ready to generate for any number of requests.
+
+    Constructor arguments mirror the engine configs; model is a folder or .gguf file, local or
+    on any fsspec URL (storage_options go to fsspec).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        dtype: str = "auto",
+        device: str | None = None,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        kv_cache_dtype: str = "auto",
+        enable_prefix_caching: bool = True,
+        gpu_memory_utilization: float = 0.9,
+        max_num_batched_tokens: int = 8192,
+        max_num_seqs: int = 256,
+        seed: int = 0,
+        default_sampling_params: SamplingParams | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        elif dtype in _DTYPES:
+            torch_dtype = _DTYPES[dtype]
+        else:
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+        try:
+            kv_dtype = KVCacheDtype(kv_cache_dtype)
+        except ValueError:
+            raise ValueError(
+                f"kv_cache_dtype must be auto or int8, got {kv_cache_dtype!r}"
+            ) from None
+        source = resolve_model_source(str(model), cache_dir, storage_options)
+        model_config = ModelConfig.from_hf_config(load_hf_config(source))
+        self.tokenizer = load_tokenizer(source)
+        eos = set(model_config.eos_token_ids) | set(extra_eos_token_ids(source))
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        cache = CacheConfig(
+            block_size=block_size,
+            num_blocks=num_blocks,
+            kv_cache_dtype=kv_dtype,
+            enable_prefix_caching=enable_prefix_caching,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        self.config = EngineConfig(
+            model=model_config,
+            cache=cache,
+            scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs),
+            dtype=torch_dtype,
+            device=device,
+            seed=seed,
+        )
+        torch_device = torch.device(device)
+        net = build_model(
+            model_config, source, kernels_for(torch_device), torch_dtype, torch_device
+        )
+        blocks = num_blocks or _num_blocks_for_memory(self.config)
+        kv_caches = allocate_kv_caches(model_config, cache, blocks, torch_dtype, torch_device)
+        runner = ModelRunner(net, kv_caches, block_size, torch_device)
+        self.engine = LLMEngine(
+            self.config, runner, blocks, OutputProcessor(self.tokenizer), frozenset(eos)
+        )
+        self.encoder = PromptEncoder(self.tokenizer)
+        self.default_sampling_params = default_sampling_params or SamplingParams()
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "loaded %s (%s, %s) on %s in %.1fs: %d KV blocks of %d tokens",
+            model,
+            model_config.architecture,
+            torch_dtype,
+            device,
+            self.load_seconds,
+            blocks,
+            block_size,
+        )
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return self.engine.metrics
+
+    def generate(
+        self,
+        prompts: PromptLike | Iterable[PromptLike],
+        sampling_params: SamplingParams | Mapping[str, Any] | list[Any] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[Completion]:
+        """Generate for every prompt; returns Completions in input order. A prompt is text,
+        a list of token ids, a chat (list of {role, content}) or a GenerationRequest.
+        sampling_params is one value for all, or a list with one per prompt."""
+        if isinstance(prompts, str | GenerationRequest):
+            prompts = [prompts]
+        prompt_list = list(prompts)
+        if isinstance(sampling_params, list):
+            if len(sampling_params) != len(prompt_list):
+                raise ValueError(
+                    f"sampling_params has {len(sampling_params)} entries for {len(prompt_list)} prompts"
+                )
+            params_list = sampling_params
+        else:
+            params_list = [sampling_params] * len(prompt_list)
+        requests = (
+            _as_request(p, params) for p, params in zip(prompt_list, params_list, strict=True)
+        )
+        results = list(self.stream(requests, use_tqdm=use_tqdm, total=len(prompt_list)))
+        return sorted(results, key=lambda c: c.index)
+
+    def stream(
+        self,
+        requests: Iterable[GenerationRequest],
+        *,
+        max_pending: int | None = None,
+        use_tqdm: bool = False,
+        total: int | None = None,
+    ) -> Iterator[Completion]:
+        """Yield a Completion per request as each finishes (not in input order; Completion.index
+        is the request's position in the iterator and request_id defaults to it). At most
+        max_pending requests (default 4 * max_num_seqs) are held at once, so the input may be
+        endless or far larger than memory."""
+        limit = max_pending or 4 * self.config.scheduler.max_num_seqs
+        source = iter(requests)
+        counter = itertools.count()
+        exhausted = False
+        progress = _Progress(total, use_tqdm)
+        try:
+            while True:
+                while not exhausted and self.engine.num_unfinished < limit:
+                    request = next(source, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    error = self._submit(request, next(counter))
+                    if error is not None:
+                        progress.update(error)
+                        yield error
+                if self.engine.num_unfinished == 0:
+                    if exhausted:
+                        return
+                    continue
+                for completion in self.engine.step():
+                    progress.update(completion)
+                    yield completion
+        finally:
+            progress.close()
+
+    def _submit(self, gen: GenerationRequest, index: int) -> Completion | None:
+        request_id = index if gen.request_id is None else gen.request_id
+        try:
+            params = self._params(gen.sampling_params)
+            token_ids = self._encode(gen)
+        except (RequestError, ValueError) as exc:
+            self.engine.metrics.num_requests += 1
+            self.engine.metrics.num_errors += 1
+            return error_completion(request_id, index, str(exc))
+        prompt = gen.prompt if isinstance(gen.prompt, str) else None
+        return self.engine.add_request(Request(request_id, tuple(token_ids), params, prompt, index))
+
+    def _params(self, given: SamplingParams | Mapping[str, Any] | None) -> SamplingParams:
+        if given is None:
+            return self.default_sampling_params
+        if isinstance(given, SamplingParams):
+            return given
+        if isinstance(given, Mapping):
+            return SamplingParams.from_mapping(given, self.default_sampling_params)
+        raise RequestError(
+            f"sampling_params: expected SamplingParams or a mapping, got {type(given).__name__}"
+        )
+
+    def _encode(self, gen: GenerationRequest) -> list[int]:
+        given = [
+            f for f in ("prompt", "messages", "prompt_token_ids") if getattr(gen, f) is not None
+        ]
+        if len(given) != 1:
+            raise RequestError(
+                "prompt: missing (give one of prompt, messages, prompt_token_ids)"
+                if not given
+                else f"prompt: give only one of {', '.join(given)}"
+            )
+        if gen.prompt is not None:
+            return self.encoder.encode_text(gen.prompt)
+        if gen.messages is not None:
+            return self.encoder.encode_messages(gen.messages)
+        return self.encoder.check_token_ids(gen.prompt_token_ids)
+
+
+def _as_request(prompt: Any, params: Any) -> GenerationRequest:
+    if isinstance(prompt, GenerationRequest):
+        return (
+            prompt
+            if params is None or prompt.sampling_params is not None
+            else replace(prompt, sampling_params=params)
+        )
+    if isinstance(prompt, str):
+        return GenerationRequest(prompt=prompt, sampling_params=params)
+    if isinstance(prompt, list | tuple) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        return GenerationRequest(messages=prompt, sampling_params=params)
+    if isinstance(prompt, list | tuple):
+        return GenerationRequest(prompt_token_ids=prompt, sampling_params=params)
+    return GenerationRequest(prompt=prompt, sampling_params=params)
+
+
+def _num_blocks_for_memory(config: EngineConfig) -> int:
+    """KV blocks that fit the memory budget: a fraction of free GPU memory after the weights
+    (minus room for activations), or cache.cpu_kv_cache_bytes on the CPU."""
+    per_block = kv_bytes_per_block(config.model, config.cache, config.dtype)
+    if config.device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(config.device))
+        used = total - free
+        budget = total * config.cache.gpu_memory_utilization - used
+        activations = config.scheduler.max_num_batched_tokens * config.model.hidden_size * 64
+        budget -= activations
+    else:
+        budget = config.cache.cpu_kv_cache_bytes
+    blocks = int(budget // per_block)
+    if blocks <= 0:
+        raise RuntimeError("no memory left for the KV cache; lower the batch or the model size")
+    max_useful = config.scheduler.max_num_seqs * (
+        -(-config.model.max_model_len // config.cache.block_size)
+    )
+    return min(blocks, max_useful)
+
+
+class _Progress:
+    """A tqdm bar over completed requests with generated tokens/s; silent when disabled."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.bar = None
+        self.tokens = 0
+        self.started = time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="generate", unit="req", dynamic_ncols=True)
+
+    def update(self, completion: Completion) -> None:
+        self.tokens += len(completion.token_ids)
+        if self.bar is not None:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix(out_tok_s=f"{self.tokens / elapsed:.1f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

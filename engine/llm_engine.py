@@ -1,0 +1,126 @@
+"""The step loop over token-level requests: schedule -> run model -> sample -> update.
+
+The engine takes already-tokenized Requests; text in and text out live in `engine.llm`.
+Call order per step: schedule(), execute(), sampler, update(), stop strings, completions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.config import EngineConfig
+from engine.kv_cache_manager import KVCacheManager
+from engine.metrics import RunMetrics
+from engine.model_runner import ModelRunner
+from engine.output_processor import OutputProcessor, error_completion
+from engine.outputs import Completion
+from engine.request import FinishReason, Request, Sequence
+from engine.sampler import Sampler
+from engine.scheduler import Scheduler, SchedulerOutput
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        runner: ModelRunner,
+        num_blocks: int,
+        output_processor: OutputProcessor,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self.config = config
+        self.runner = runner
+        self.kv_cache = KVCacheManager(
+            num_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache, eos_token_ids)
+        self.sampler = Sampler(torch.device(config.device), config.seed)
+        self.output_processor = output_processor
+        self.metrics = RunMetrics(num_blocks=num_blocks)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.model.max_model_len
+
+    @property
+    def num_unfinished(self) -> int:
+        return self.scheduler.num_unfinished
+
+    def add_request(self, request: Request) -> Completion | None:
+        """Queue a request. Returns an error Completion at once (queuing nothing) when the request
+        can never run; otherwise None, and its Completion comes out of a later step()."""
+        error = self._check(request)
+        self.metrics.num_requests += 1
+        if error is not None:
+            self.metrics.num_errors += 1
+            return error_completion(
+                request.request_id, request.arrival_index, error, request.prompt_token_ids
+            )
+        self.metrics.num_prompt_tokens += len(request.prompt_token_ids)
+        self.scheduler.add(Sequence.from_request(request))
+        return None
+
+    def _check(self, request: Request) -> str | None:
+        num_prompt = len(request.prompt_token_ids)
+        max_tokens = request.sampling_params.max_tokens
+        if num_prompt == 0:
+            return "prompt: empty (0 tokens)"
+        vocab = self.config.model.vocab_size
+        bad = next((t for t in request.prompt_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            return f"prompt_token_ids: token id {bad} is outside the vocabulary [0, {vocab})"
+        if num_prompt + max_tokens > self.max_model_len:
+            return (
+                f"prompt: {num_prompt} prompt tokens + max_tokens {max_tokens} exceed the "
+                f"model's context of {self.max_model_len} tokens"
+            )
+        block_size = self.config.cache.block_size
+        if self.kv_cache.blocks_needed(num_prompt + max_tokens) > self.kv_cache.num_blocks:
+            return (
+                f"prompt: {num_prompt} prompt tokens + max_tokens {max_tokens} exceed the whole "
+                f"KV cache ({self.kv_cache.num_blocks * block_size} tokens)"
+            )
+        return None
+
+    def step(self) -> list[Completion]:
+        """Run one step; returns the requests that finished in it."""
+        started = time.perf_counter()
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            assert not self.scheduler.running, "running sequences but nothing scheduled"
+            return []
+        blocks_used = self.kv_cache.pool.num_used_blocks
+        logits = self.runner.execute(out)
+        sampling = [c.seq for c in out.chunks if c.sample]
+        sampled = self.sampler(logits, sampling)
+        for seq, logprob in zip(sampling, sampled.logprobs, strict=True):
+            if logprob is not None:
+                seq.logprobs.append(logprob)
+        finished = self.scheduler.update(out, sampled.token_ids)
+        for seq in sampling:
+            if self.output_processor.find_stop_string(seq):
+                if seq.is_finished:
+                    seq.finish_reason = FinishReason.STOP
+                else:
+                    self.scheduler.finish(seq, FinishReason.STOP)
+                    finished.append(seq)
+        self._record(out, len(sampling), blocks_used, started)
+        return [self.output_processor.completion(seq) for seq in finished]
+
+    def _record(
+        self, out: SchedulerOutput, num_sampled: int, blocks_used: int, started: float
+    ) -> None:
+        m = self.metrics
+        m.num_steps += 1
+        m.num_computed_tokens += out.num_tokens
+        m.num_cached_prompt_tokens += out.num_cached_tokens
+        m.num_preemptions += len(out.preempted)
+        m.num_generated_tokens += num_sampled
+        m.peak_blocks_used = max(m.peak_blocks_used, blocks_used)
+        elapsed = time.perf_counter() - started
+        if out.num_prefill_tokens:
+            m.prefill_seconds += elapsed
+        else:
+            m.decode_seconds += elapsed

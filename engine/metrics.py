@@ -1,0 +1,41 @@
+"""Counters of one engine's work, cumulative since it started (or since reset)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class RunMetrics:
+    num_requests: int = 0
+    num_errors: int = 0
+    num_prompt_tokens: int = 0  # prompt tokens of accepted requests
+    num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
+    num_computed_tokens: int = 0  # tokens run through the model (prefill, decode, recompute)
+    num_generated_tokens: int = 0
+    num_steps: int = 0
+    num_preemptions: int = 0
+    peak_blocks_used: int = 0
+    num_blocks: int = 0
+    prefill_seconds: float = 0.0  # wall time of steps that ran any prefill tokens
+    decode_seconds: float = 0.0  # wall time of steps that only decoded
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return (
+            self.num_cached_prompt_tokens / self.num_prompt_tokens
+            if self.num_prompt_tokens
+            else 0.0
+        )
+
+    @property
+    def generated_tokens_per_second(self) -> float:
+        seconds = self.prefill_seconds + self.decode_seconds
+        return self.num_generated_tokens / seconds if seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
+        values["generated_tokens_per_second"] = self.generated_tokens_per_second
+        return values

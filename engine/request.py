@@ -1,0 +1,91 @@
+"""A request (immutable input) and the sequence that carries its state through the engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # an EOS or stop token id, or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ERROR = "error"  # the request was invalid or could never run; see Completion.error
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = enum.auto()
+    RUNNING = enum.auto()
+    FINISHED = enum.auto()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for: prompt tokens and sampling params, validated."""
+
+    request_id: Any
+    prompt_token_ids: tuple[int, ...]
+    sampling_params: SamplingParams
+    prompt: str | None = None
+    arrival_index: int = 0
+
+
+@dataclass
+class TokenLogprob:
+    """The sampled token's logprob and, on request, the top-n alternatives (token id -> logprob)."""
+
+    token_id: int
+    logprob: float
+    top: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Mutable generation state of one request.
+
+    token_ids holds prompt + generated tokens; the first num_computed_tokens of them have their
+    KV in the cache (blocks listed in block_ids). Invariant:
+    0 <= num_computed_tokens <= len(token_ids) and len(block_ids) * block_size >= num_computed_tokens.
+    Prefill and decode are the same thing: a step runs some of the uncomputed tokens.
+    """
+
+    request: Request
+    token_ids: list[int]
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # hashes of its full blocks, in order
+    num_preemptions: int = 0
+    finish_reason: FinishReason | None = None
+    stop_text_end: int | None = None  # where a stop string cut the text
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    generator: torch.Generator | None = None  # the sampler seeds it on first use
+
+    @classmethod
+    def from_request(cls, request: Request) -> Sequence:
+        return cls(request=request, token_ids=list(request.prompt_token_ids))
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
