@@ -10,6 +10,8 @@ floor, so an all-zero row gets a positive scale and no NaN) and code = round(x /
 """
 
 import torch
+import triton
+import triton.language as tl
 
 INT8_SCALE_FLOOR = 1e-8
 
@@ -53,3 +55,205 @@ def store_kv_ref(
     else:
         k_cache[block_ids, offsets] = key.to(k_cache.dtype)
         v_cache[block_ids, offsets] = value.to(v_cache.dtype)
+
+
+@triton.jit
+def _round_half_to_even(x):
+    """torch.round for |x| < 2**22 (the interpreter has no libdevice rint; a float->int cast
+    would truncate toward zero)."""
+    rounded = tl.floor(x + 0.5)
+    is_odd = (rounded - 2.0 * tl.floor(rounded * 0.5)) != 0.0
+    return tl.where(((rounded - x) == 0.5) & is_odd, rounded - 1.0, rounded)
+
+
+@triton.jit
+def _store_rows(
+    x_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    scale_ptr,  # [num_blocks, block_size, num_kv_heads] fp32 (QUANTIZE only)
+    token,
+    block_id,
+    offset,
+    num_kv_heads,
+    head_dim,
+    stride_x_token,
+    stride_x_head,
+    stride_cache_block,
+    stride_cache_slot,
+    stride_cache_head,
+    stride_scale_block,
+    stride_scale_slot,
+    stride_scale_head,
+    QUANTIZE: tl.constexpr,
+    SCALE_FLOOR: tl.constexpr,
+    BLOCK_HEADS: tl.constexpr,
+    BLOCK_DIM: tl.constexpr,
+):
+    heads = tl.arange(0, BLOCK_HEADS)  # [BLOCK_HEADS]
+    dims = tl.arange(0, BLOCK_DIM)  # [BLOCK_DIM]
+    head_mask = heads < num_kv_heads
+    mask = head_mask[:, None] & (dims < head_dim)[None, :]
+    x_offsets = token * stride_x_token + heads[:, None] * stride_x_head + dims[None, :]
+    slot_base = block_id * stride_cache_block + offset * stride_cache_slot
+    cache_offsets = slot_base + heads[:, None] * stride_cache_head + dims[None, :]
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
+    if QUANTIZE:
+        x = x.to(tl.float32)
+        # Symmetric per token and head: scale = max|x| / 127, floored so zero rows stay finite.
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), SCALE_FLOOR * 127.0), 127.0)
+        codes = _round_half_to_even(tl.math.div_rn(x, scale[:, None]))
+        codes = tl.minimum(tl.maximum(codes, -127.0), 127.0)
+        tl.store(cache_ptr + cache_offsets, codes.to(tl.int8), mask=mask)
+        scale_offsets = (
+            block_id * stride_scale_block + offset * stride_scale_slot + heads * stride_scale_head
+        )
+        tl.store(scale_ptr + scale_offsets, scale, mask=head_mask)
+    else:
+        tl.store(cache_ptr + cache_offsets, x.to(cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_kv_kernel(
+    key_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    value_ptr,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache_ptr,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    k_scale_ptr,  # [num_blocks, block_size, num_kv_heads] fp32 (QUANTIZE only)
+    v_scale_ptr,  # [num_blocks, block_size, num_kv_heads] fp32 (QUANTIZE only)
+    slot_mapping_ptr,  # [num_tokens]
+    block_size,
+    num_kv_heads,
+    head_dim,
+    stride_key_token,
+    stride_key_head,
+    stride_value_token,
+    stride_value_head,
+    stride_k_cache_block,
+    stride_k_cache_slot,
+    stride_k_cache_head,
+    stride_v_cache_block,
+    stride_v_cache_slot,
+    stride_v_cache_head,
+    stride_k_scale_block,
+    stride_k_scale_slot,
+    stride_k_scale_head,
+    stride_v_scale_block,
+    stride_v_scale_slot,
+    stride_v_scale_head,
+    QUANTIZE: tl.constexpr,
+    SCALE_FLOOR: tl.constexpr,
+    BLOCK_HEADS: tl.constexpr,
+    BLOCK_DIM: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    if slot < 0:  # padding token
+        return
+    block_id = slot // block_size
+    offset = slot % block_size
+    _store_rows(
+        key_ptr,
+        k_cache_ptr,
+        k_scale_ptr,
+        token,
+        block_id,
+        offset,
+        num_kv_heads,
+        head_dim,
+        stride_key_token,
+        stride_key_head,
+        stride_k_cache_block,
+        stride_k_cache_slot,
+        stride_k_cache_head,
+        stride_k_scale_block,
+        stride_k_scale_slot,
+        stride_k_scale_head,
+        QUANTIZE,
+        SCALE_FLOOR,
+        BLOCK_HEADS,
+        BLOCK_DIM,
+    )
+    _store_rows(
+        value_ptr,
+        v_cache_ptr,
+        v_scale_ptr,
+        token,
+        block_id,
+        offset,
+        num_kv_heads,
+        head_dim,
+        stride_value_token,
+        stride_value_head,
+        stride_v_cache_block,
+        stride_v_cache_slot,
+        stride_v_cache_head,
+        stride_v_scale_block,
+        stride_v_scale_slot,
+        stride_v_scale_head,
+        QUANTIZE,
+        SCALE_FLOOR,
+        BLOCK_HEADS,
+        BLOCK_DIM,
+    )
+
+
+def store_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """Triton version of store_kv_ref (same contract; mutates the caches, and the scales for an
+    INT8 cache, quantizing on write). One program per token writes all of its KV heads."""
+    num_tokens, num_kv_heads, head_dim = key.shape
+    assert value.shape == key.shape, "key and value must have the same shape"
+    assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == (num_kv_heads, head_dim)
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache rows must be dense"
+    quantize = k_cache.dtype == torch.int8
+    if quantize:
+        assert v_cache.dtype == torch.int8, "both caches must be INT8"
+        assert k_scale is not None and v_scale is not None, "INT8 cache needs scale tensors"
+        assert k_scale.shape == k_cache.shape[:3] and v_scale.shape == v_cache.shape[:3]
+        assert k_scale.dtype == torch.float32 and v_scale.dtype == torch.float32
+    else:
+        # Unused by the kernel; any tensor gives it a pointer and strides.
+        k_scale = v_scale = k_cache
+    key = key if key.stride(-1) == 1 else key.contiguous()
+    value = value if value.stride(-1) == 1 else value.contiguous()
+    if num_tokens == 0:
+        return
+    _store_kv_kernel[(num_tokens,)](
+        key,
+        value,
+        k_cache,
+        v_cache,
+        k_scale,
+        v_scale,
+        slot_mapping,
+        k_cache.shape[1],
+        num_kv_heads,
+        head_dim,
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        k_scale.stride(0),
+        k_scale.stride(1),
+        k_scale.stride(2),
+        v_scale.stride(0),
+        v_scale.stride(1),
+        v_scale.stride(2),
+        QUANTIZE=quantize,
+        SCALE_FLOOR=INT8_SCALE_FLOOR,
+        BLOCK_HEADS=triton.next_power_of_2(num_kv_heads),
+        BLOCK_DIM=triton.next_power_of_2(head_dim),
+    )
