@@ -4,10 +4,27 @@ Every sequence s contributes query_len = cu_query_lens[s+1] - cu_query_lens[s] q
 (1 for a decode, a chunk for a prefill) whose keys and values were already written to the cache,
 so the cache holds context_lens[s] tokens of s, the queries being the last query_len of them.
 Query i of s sits at position context_lens[s] - query_len + i and sees every position <= its own.
+
+The Triton kernel (`paged_attention`) is flash-attention style: one program per (query block of
+one sequence, KV head) walks the sequence's KV blocks through its block table with an online
+softmax. The query heads that share a KV head are processed together, so one K/V tile read
+serves the whole group and `tl.dot` sees M = query tokens x group heads rows:
+
+    tile row m -> token  local_q + m // GROUP_PAD  of the sequence's chunk
+               -> head   kv_head * GROUP_SIZE + m % GROUP_PAD   (rows past GROUP_SIZE masked)
+
+Query blocks are numbered without reading lengths on the host (no device sync, so the launch
+can be captured in a CUDA graph): sequence s owns blocks from cu_query_lens[s] // BLOCK_Q + s,
+enough for its cdiv(query_len, BLOCK_Q) blocks, so num_tokens // BLOCK_Q + num_seqs programs
+cover any batch and each program finds its sequence by binary search over cu_query_lens.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 
 def gather_kv_ref(
@@ -74,4 +91,235 @@ def paged_attention_ref(
             mask = torch.arange(context_len).unsqueeze(0) <= q_pos  # [query_len, context_len]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         out[start:end] = o.squeeze(0).transpose(0, 1)
+    return out
+
+
+@triton.jit
+def _find_sequence(
+    cu_query_lens_ptr,  # [num_seqs + 1]
+    num_seqs,
+    q_block,
+    BLOCK_Q: tl.constexpr,
+):
+    """The last sequence s whose first query block, cu_query_lens[s] // BLOCK_Q + s, is
+    <= q_block (first blocks strictly increase with s)."""
+    low = tl.full((), 0, tl.int32)
+    high = low + num_seqs - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        mid_first_block = tl.load(cu_query_lens_ptr + mid).to(tl.int32) // BLOCK_Q + mid
+        found = mid_first_block <= q_block
+        low = tl.where(found, mid, low)
+        high = tl.where(found, high, mid - 1)
+    return low
+
+
+@triton.jit
+def _paged_attention_kernel(
+    query_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    k_cache_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]
+    v_cache_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]
+    k_scale_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads] fp32 (IS_INT8 only)
+    v_scale_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads] fp32 (IS_INT8 only)
+    block_tables_ptr,  # [num_seqs, max_blocks_per_seq]
+    cu_query_lens_ptr,  # [num_seqs + 1]
+    context_lens_ptr,  # [num_seqs]
+    out_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    num_seqs,
+    qk_scale,  # softmax scale * log2(e): the softmax runs in base 2
+    stride_query_token,
+    stride_query_head,
+    stride_k_cache_block,
+    stride_k_cache_slot,
+    stride_k_cache_head,
+    stride_v_cache_block,
+    stride_v_cache_slot,
+    stride_v_cache_head,
+    stride_k_scale_block,
+    stride_k_scale_slot,
+    stride_k_scale_head,
+    stride_v_scale_block,
+    stride_v_scale_slot,
+    stride_v_scale_head,
+    stride_block_tables_seq,
+    stride_out_token,
+    stride_out_head,
+    GROUP_SIZE: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
+    q_block = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = _find_sequence(cu_query_lens_ptr, num_seqs, q_block, BLOCK_Q)
+    q_start = tl.load(cu_query_lens_ptr + seq).to(tl.int32)
+    query_len = tl.load(cu_query_lens_ptr + seq + 1).to(tl.int32) - q_start
+    local_q = (q_block - (q_start // BLOCK_Q + seq)) * BLOCK_Q  # first chunk row of this block
+    if local_q >= query_len:  # a spare program: this sequence has fewer blocks
+        return
+    context_len = tl.load(context_lens_ptr + seq).to(tl.int32)
+
+    rows = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    dims = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    token_in_chunk = local_q + rows // GROUP_PAD  # [BLOCK_M]
+    head_in_group = rows % GROUP_PAD
+    row_mask = (token_in_chunk < query_len) & (head_in_group < GROUP_SIZE)
+    token = (q_start + token_in_chunk).to(tl.int64)
+    head = kv_head * GROUP_SIZE + head_in_group
+    q_offsets = (token * stride_query_token + head * stride_query_head)[:, None] + dims[None, :]
+    q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0)
+    q = q.to(tl.float32)  # [BLOCK_M, HEAD_DIM]
+    q_position = context_len - query_len + token_in_chunk  # [BLOCK_M]
+    # Causal: no row of this block sees past the position of its last token.
+    kv_end = tl.minimum(context_len, context_len - query_len + local_q + BLOCK_Q)
+
+    block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_block_tables_seq
+    k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
+    v_head_ptr = v_cache_ptr + kv_head * stride_v_cache_head
+    max_score = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    denominator = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for kv_start in range(0, kv_end, BLOCK_N):
+        keys = kv_start + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
+        key_mask = keys < kv_end
+        block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
+        block_ids = block_ids.to(tl.int64)
+        slots_in_block = keys % BLOCK_SIZE
+        k_rows = block_ids * stride_k_cache_block + slots_in_block * stride_k_cache_slot
+        k = tl.load(k_head_ptr + k_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+        # [BLOCK_M, BLOCK_N] logits in base 2. The operands are exact in TF32 (16-bit floats,
+        # INT8 codes), so the softmax scale is applied after the dot, not folded into q.
+        scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PRECISION)
+        if IS_INT8:
+            k_scale_offsets = (
+                block_ids * stride_k_scale_block
+                + slots_in_block * stride_k_scale_slot
+                + kv_head * stride_k_scale_head
+            )
+            k_scale = tl.load(k_scale_ptr + k_scale_offsets, mask=key_mask, other=0.0)
+            scores = scores * (k_scale * qk_scale)[None, :]
+        else:
+            scores = scores * qk_scale
+        visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+
+        new_max = tl.maximum(max_score, tl.max(scores, axis=1))
+        # A row that has seen nothing yet (padding rows, masked heads) keeps -inf; shift it by 0
+        # instead so exp2 gives 0, not NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = tl.exp2(scores - shift[:, None])  # [BLOCK_M, BLOCK_N]
+        correction = tl.exp2(max_score - shift)  # [BLOCK_M]
+        denominator = denominator * correction + tl.sum(probs, axis=1)
+        max_score = new_max
+
+        v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
+        v = tl.load(v_head_ptr + v_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+        if IS_INT8:
+            v_scale_offsets = (
+                block_ids * stride_v_scale_block
+                + slots_in_block * stride_v_scale_slot
+                + kv_head * stride_v_scale_head
+            )
+            v_scale = tl.load(v_scale_ptr + v_scale_offsets, mask=key_mask, other=0.0)
+            # Dequantize through the probabilities: p @ (codes * s) == (p * s) @ codes.
+            probs = probs * v_scale[None, :]
+        acc = acc * correction[:, None] + tl.dot(
+            probs, v.to(tl.float32), input_precision=DOT_PRECISION
+        )
+
+    out = acc / tl.where(denominator == 0.0, 1.0, denominator)[:, None]
+    out_offsets = (token * stride_out_token + head * stride_out_head)[:, None] + dims[None, :]
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_query_lens: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Triton version of paged_attention_ref (same contract; padding rows come back as zeros).
+
+    Reads no lengths on the host. An INT8 cache is dequantized inside the kernel. head_dim must
+    be a power of two (>= 16). Softmax statistics, logits and the accumulator are fp32.
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
+    assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
+    assert v_cache.shape == k_cache.shape and k_cache.shape[3] == head_dim
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache rows must be dense"
+    is_int8 = k_cache.dtype == torch.int8
+    if is_int8:
+        assert k_scale is not None and v_scale is not None, "INT8 cache needs scale tensors"
+    else:
+        # Unused by the kernel; any tensor gives it a pointer and strides.
+        k_scale = v_scale = k_cache
+    query = query if query.stride(-1) == 1 else query.contiguous()
+    out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
+    num_seqs = context_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+
+    group_size = num_heads // num_kv_heads
+    group_pad = triton.next_power_of_2(group_size)
+    # Batches of mostly single-token queries (decodes, maybe a few padding rows) get the
+    # smallest tile tl.dot takes (M = 16); prefill chunks more rows per K/V read, with shorter
+    # K/V tiles to stay in registers. Only shapes are read: no device sync.
+    decode_only = num_tokens < 2 * num_seqs
+    block_m = max(16 if decode_only else 64, group_pad)
+    block_q = block_m // group_pad
+    block_n = 64 if decode_only else 32
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    _paged_attention_kernel[grid](
+        query,
+        k_cache,
+        v_cache,
+        k_scale,
+        v_scale,
+        block_tables,
+        cu_query_lens,
+        context_lens,
+        out,
+        num_seqs,
+        scale * math.log2(math.e),
+        query.stride(0),
+        query.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        k_scale.stride(0),
+        k_scale.stride(1),
+        k_scale.stride(2),
+        v_scale.stride(0),
+        v_scale.stride(1),
+        v_scale.stride(2),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        GROUP_SIZE=group_size,
+        GROUP_PAD=group_pad,
+        BLOCK_Q=block_q,
+        BLOCK_N=block_n,
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim,
+        IS_INT8=is_int8,
+        # fp32 operands run as TF32 on tensor cores, exact for bf16/fp16 values and INT8 codes;
+        # an fp32 model keeps full precision.
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=4 if decode_only else 8,
+    )
     return out

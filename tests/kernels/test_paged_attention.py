@@ -1,0 +1,209 @@
+"""The Triton paged attention against its torch reference, over plain and INT8 caches."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from kernels.kv_store import quantize_int8_ref
+from kernels.paged_attention import paged_attention, paged_attention_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1.5e-2}
+BLOCK = 4  # cache block size of the CPU tests
+
+
+@dataclass
+class Batch:
+    query: torch.Tensor  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32, -1 past the end
+    cu_query_lens: torch.Tensor  # [num_seqs + 1] int32
+    context_lens: torch.Tensor  # [num_seqs] int32
+    scale: float
+
+    def args(self) -> tuple:
+        return (
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.cu_query_lens,
+            self.context_lens,
+            self.scale,
+        )
+
+
+def make_batch(
+    seqs: list[tuple[int, int]],
+    num_kv_heads: int,
+    group: int,
+    dtype: torch.dtype,
+    *,
+    head_dim: int = 16,
+    block_size: int = BLOCK,
+    num_padding_rows: int = 0,
+    device: str = DEVICE,
+) -> Batch:
+    """A batch of (context_len, query_len) sequences over a cache of seeded random rows whose
+    blocks are handed out in shuffled order, with spare blocks of junk in between."""
+    generator = torch.Generator().manual_seed(0)
+    blocks_per_seq = [-(-context_len // block_size) for context_len, _ in seqs]
+    num_blocks = 2 * sum(blocks_per_seq) + 1
+    order = torch.randperm(num_blocks, generator=generator)
+    block_tables = torch.full((len(seqs), max(blocks_per_seq)), -1, dtype=torch.int32)
+    used = 0
+    for s, n in enumerate(blocks_per_seq):
+        block_tables[s, :n] = order[used : used + n]
+        used += n
+    query_lens = torch.tensor([query_len for _, query_len in seqs])
+    cu_query_lens = torch.cat((torch.zeros(1, dtype=torch.long), query_lens.cumsum(0)))
+    num_tokens = int(cu_query_lens[-1]) + num_padding_rows
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    query = torch.randn(num_tokens, num_kv_heads * group, head_dim, generator=generator)
+    k_cache = torch.randn(cache_shape, generator=generator)
+    v_cache = torch.randn(cache_shape, generator=generator)
+    return Batch(
+        query=query.to(dtype=dtype, device=device),
+        k_cache=k_cache.to(dtype=dtype, device=device),
+        v_cache=v_cache.to(dtype=dtype, device=device),
+        block_tables=block_tables.to(device),
+        cu_query_lens=cu_query_lens.to(dtype=torch.int32, device=device),
+        context_lens=torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=device),
+        scale=head_dim**-0.5,
+    )
+
+
+def quantized(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """The same batch over an INT8 copy of its cache, with the per-token-per-head scales."""
+    k_codes, k_scale = quantize_int8_ref(batch.k_cache)
+    v_codes, v_scale = quantize_int8_ref(batch.v_cache)
+    int8_batch = Batch(**{**batch.__dict__, "k_cache": k_codes, "v_cache": v_codes})
+    return int8_batch, k_scale, v_scale
+
+
+def assert_matches_reference(batch: Batch, *scales: torch.Tensor) -> torch.Tensor:
+    out = paged_attention(*batch.args(), *scales)
+    expected = paged_attention_ref(*batch.args(), *scales)
+    assert out.dtype == batch.query.dtype and out.shape == batch.query.shape
+    tol = TOLERANCE[batch.query.dtype]
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+    return out
+
+
+# Decodes whose contexts are 1, block-1, block, block+1 and many blocks long.
+RAGGED_DECODES = [(1, 1), (BLOCK - 1, 1), (BLOCK, 1), (BLOCK + 1, 1), (70, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group", [1, 4], ids=["mha", "gqa4"])
+def test_paged_attention_matches_reference_for_ragged_decodes(
+    group: int, dtype: torch.dtype
+) -> None:
+    assert_matches_reference(make_batch(RAGGED_DECODES, num_kv_heads=2, group=group, dtype=dtype))
+
+
+def test_paged_attention_matches_reference_when_group_size_is_not_a_power_of_two() -> None:
+    batch = make_batch([(9, 1), (5, 3), (13, 13)], num_kv_heads=2, group=3, dtype=torch.float32)
+    assert_matches_reference(batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_paged_attention_matches_reference_for_prefill_chunks_after_a_cached_prefix(
+    dtype: torch.dtype,
+) -> None:
+    # A whole prompt, a chunk after a prefix ending mid-block, a long chunk crossing many
+    # blocks and several query blocks after a block-aligned prefix.
+    seqs = [(7, 7), (11, 5), (BLOCK * 3 + 40, 40)]
+    assert_matches_reference(make_batch(seqs, num_kv_heads=2, group=2, dtype=dtype))
+
+
+def test_paged_attention_matches_reference_for_mixed_decodes_and_prefills_with_padding_rows() -> (
+    None
+):
+    seqs = [(BLOCK + 1, 1), (BLOCK * 2, 6), (1, 1), (9, 0), (BLOCK - 1, BLOCK - 1), (70, 1)]
+    batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32, num_padding_rows=3)
+    out = assert_matches_reference(batch)
+    assert torch.equal(out[-3:], torch.zeros_like(out[-3:]))
+
+
+def test_paged_attention_matches_reference_when_a_chunk_in_a_decode_batch_spans_query_blocks() -> (
+    None
+):
+    # Mostly decodes, so the kernel takes its small tiles (4 tokens x 4 heads); the 6-token
+    # chunk then spans two query blocks that do not start on a multiple of 4 in the batch.
+    seqs = [(1, 1), (9, 1), (12, 6), (70, 1), (5, 1), (6, 1), (7, 1)]
+    assert_matches_reference(make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32))
+
+
+def test_paged_attention_matches_reference_for_cuda_graph_padding_sequences() -> None:
+    # A decode graph padded to 5 sequences: the last two have no query and no context, and
+    # their rows of query come back as zeros.
+    seqs = [(BLOCK + 1, 1), (70, 1), (2, 1), (0, 0), (0, 0)]
+    batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float16, num_padding_rows=2)
+    out = assert_matches_reference(batch)
+    assert torch.equal(out[-2:], torch.zeros_like(out[-2:]))
+
+
+def test_paged_attention_matches_reference_when_block_table_is_shuffled() -> None:
+    batch = make_batch([(23, 1), (17, 6)], num_kv_heads=1, group=4, dtype=torch.float32)
+    for s, context_len in enumerate(batch.context_lens.tolist()):
+        table = batch.block_tables[s, : -(-context_len // BLOCK)]
+        assert not torch.equal(table, table.sort().values), "make_batch must shuffle blocks"
+    assert_matches_reference(batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_paged_attention_over_int8_cache_matches_reference_on_the_same_int8_cache(
+    dtype: torch.dtype,
+) -> None:
+    seqs = [(BLOCK + 1, 1), (70, 1), (11, 5), (BLOCK - 1, BLOCK - 1)]
+    batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=dtype, num_padding_rows=1)
+    int8_batch, k_scale, v_scale = quantized(batch)
+    assert_matches_reference(int8_batch, k_scale, v_scale)
+
+
+def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:
+    seqs = [(70, 1), (30, 12), (BLOCK + 1, 1)]
+    batch = make_batch(seqs, num_kv_heads=2, group=2, dtype=torch.float32)
+    int8_batch, k_scale, v_scale = quantized(batch)
+    out = paged_attention(*int8_batch.args(), k_scale, v_scale)
+    exact = paged_attention_ref(*batch.args())
+    # Per-row INT8 steps are max|x| / 254 (~1% of a unit-variance row's range).
+    torch.testing.assert_close(out, exact, atol=5e-2, rtol=5e-2)
+    assert (out - exact).abs().mean().item() < 1e-2
+
+
+def _real_size_seqs(mixed: bool) -> list[tuple[int, int]]:
+    generator = torch.Generator().manual_seed(0)
+    context_lens = torch.randint(1, 2049, (64,), generator=generator).tolist()
+    context_lens[:5] = [1, 15, 16, 17, 2048]
+    if not mixed:
+        return [(c, 1) for c in context_lens]
+    # Every fourth sequence runs a prefill chunk of up to 512 tokens after its cached prefix.
+    return [
+        (c, min(c, 1 + (37 * s) % 512) if s % 4 == 0 else 1) for s, c in enumerate(context_lens)
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixed", [False, True], ids=["decode", "mixed"])
+@pytest.mark.parametrize("int8", [False, True], ids=["bf16_cache", "int8_cache"])
+def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed: bool, int8: bool) -> None:
+    batch = make_batch(
+        _real_size_seqs(mixed),
+        num_kv_heads=8,
+        group=4,
+        dtype=torch.bfloat16,
+        head_dim=128,
+        block_size=16,
+        num_padding_rows=8,
+        device="cuda",
+    )
+    scales: tuple[torch.Tensor, ...] = ()
+    if int8:
+        batch, k_scale, v_scale = quantized(batch)
+        scales = (k_scale, v_scale)
+    out = assert_matches_reference(batch, *scales)
+    assert torch.equal(out[-8:], torch.zeros_like(out[-8:]))
