@@ -14,11 +14,10 @@ import torch
 
 from engine.config import CacheConfig, EngineConfig, KVCacheDtype, ModelConfig, SchedulerConfig
 from engine.errors import RequestError
+from engine.factory import create_engine
 from engine.kernel_set import kernels_for
-from engine.llm_engine import LLMEngine
 from engine.loader import build_model, extra_eos_token_ids, load_hf_config, resolve_model_source
 from engine.metrics import RunMetrics
-from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
 from engine.output_processor import OutputProcessor, error_completion
 from engine.outputs import Completion
 from engine.request import Request
@@ -70,6 +69,7 @@ class LLM:
         default_sampling_params: SamplingParams | None = None,
         storage_options: dict[str, Any] | None = None,
         cache_dir: Path | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         started = time.perf_counter()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,12 +110,10 @@ class LLM:
         net = build_model(
             model_config, source, kernels_for(torch_device), torch_dtype, torch_device
         )
-        blocks = num_blocks or _num_blocks_for_memory(self.config)
-        kv_caches = allocate_kv_caches(model_config, cache, blocks, torch_dtype, torch_device)
-        runner = ModelRunner(net, kv_caches, block_size, torch_device)
-        self.engine = LLMEngine(
-            self.config, runner, blocks, OutputProcessor(self.tokenizer), frozenset(eos)
+        self.engine = create_engine(
+            self.config, net, OutputProcessor(self.tokenizer), frozenset(eos), cuda_graphs
         )
+        blocks = self.engine.kv_cache.num_blocks
         self.encoder = PromptEncoder(self.tokenizer)
         self.default_sampling_params = default_sampling_params or SamplingParams()
         self.load_seconds = time.perf_counter() - started
@@ -252,27 +250,6 @@ def _as_request(prompt: Any, params: Any) -> GenerationRequest:
     if isinstance(prompt, list | tuple):
         return GenerationRequest(prompt_token_ids=prompt, sampling_params=params)
     return GenerationRequest(prompt=prompt, sampling_params=params)
-
-
-def _num_blocks_for_memory(config: EngineConfig) -> int:
-    """KV blocks that fit the memory budget: a fraction of free GPU memory after the weights
-    (minus room for activations), or cache.cpu_kv_cache_bytes on the CPU."""
-    per_block = kv_bytes_per_block(config.model, config.cache, config.dtype)
-    if config.device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info(torch.device(config.device))
-        used = total - free
-        budget = total * config.cache.gpu_memory_utilization - used
-        activations = config.scheduler.max_num_batched_tokens * config.model.hidden_size * 64
-        budget -= activations
-    else:
-        budget = config.cache.cpu_kv_cache_bytes
-    blocks = int(budget // per_block)
-    if blocks <= 0:
-        raise RuntimeError("no memory left for the KV cache; lower the batch or the model size")
-    max_useful = config.scheduler.max_num_seqs * (
-        -(-config.model.max_model_len // config.cache.block_size)
-    )
-    return min(blocks, max_useful)
 
 
 class _Progress:

@@ -1,7 +1,11 @@
 """Turns a schedule into flat tensors, runs the model over the paged KV cache, returns logits.
-No policy: which tokens run is decided by the scheduler."""
+No policy: which tokens run is decided by the scheduler. On CUDA, decode-only steps replay a
+CUDA graph captured for the next padded batch size (see engine/cuda_graphs.py)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,14 +14,16 @@ from engine.forward_batch import ForwardBatch, LayerKVCache
 from engine.models.llama import LlamaForCausalLM
 from engine.scheduler import SchedulerOutput
 
+if TYPE_CHECKING:
+    from engine.cuda_graphs import DecodeGraphs
+
 
 def kv_bytes_per_block(model: ModelConfig, cache: CacheConfig, dtype: torch.dtype) -> int:
     """Bytes one block takes over all layers, keys and values (and INT8 scales)."""
-    per_token_head = model.head_dim * (
-        1 if cache.kv_cache_dtype is KVCacheDtype.INT8 else torch.finfo(dtype).bits // 8
-    )
     if cache.kv_cache_dtype is KVCacheDtype.INT8:
-        per_token_head += 4  # fp32 scale
+        per_token_head = model.head_dim + 4  # int8 codes + one fp32 scale
+    else:
+        per_token_head = model.head_dim * (torch.finfo(dtype).bits // 8)
     return (
         2 * model.num_hidden_layers * cache.block_size * model.num_key_value_heads * per_token_head
     )
@@ -52,6 +58,47 @@ def allocate_kv_caches(
     return layers
 
 
+@dataclass
+class HostBatch:
+    """A ForwardBatch's contents on the host, before the copy to the device."""
+
+    input_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    block_tables: list[list[int]]  # ragged: one row per sequence
+    cu_query_lens: list[int]
+    context_lens: list[int]
+    logits_indices: list[int]
+
+    @property
+    def is_decode_only(self) -> bool:
+        return len(self.input_ids) == len(self.context_lens) == len(self.logits_indices)
+
+
+def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
+    batch = HostBatch([], [], [], [], [0], [], [])
+    for chunk in out.chunks:
+        seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
+        block_ids = seq.block_ids
+        batch.input_ids.extend(seq.token_ids[start:end])
+        batch.positions.extend(range(start, end))
+        batch.slot_mapping.extend(
+            block_ids[p // block_size] * block_size + p % block_size for p in range(start, end)
+        )
+        batch.cu_query_lens.append(batch.cu_query_lens[-1] + chunk.num_tokens)
+        batch.context_lens.append(end)
+        batch.block_tables.append(block_ids)
+        if chunk.sample:
+            batch.logits_indices.append(batch.cu_query_lens[-1] - 1)
+    return batch
+
+
+def padded_block_table(rows: list[list[int]], width: int) -> torch.Tensor:
+    """[len(rows), width] int32, each row right-padded with block 0 (never read: context_lens
+    bounds every read)."""
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -64,46 +111,42 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self.graphs: DecodeGraphs | None = None  # set by enable_cuda_graphs
 
-    def prepare(self, out: SchedulerOutput) -> ForwardBatch:
-        """Flatten the scheduled chunks into a ForwardBatch on the device."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu_query_lens = [0]
-        context_lens: list[int] = []
-        logits_indices: list[int] = []
-        bs = self.block_size
-        max_blocks = max(len(c.seq.block_ids) for c in out.chunks)
-        block_tables = torch.zeros((len(out.chunks), max_blocks), dtype=torch.int32)
-        for i, chunk in enumerate(out.chunks):
-            seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
-            block_ids = seq.block_ids
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(block_ids[p // bs] * bs + p % bs for p in range(start, end))
-            cu_query_lens.append(cu_query_lens[-1] + chunk.num_tokens)
-            context_lens.append(end)
-            block_tables[i, : len(block_ids)] = torch.tensor(block_ids, dtype=torch.int32)
-            if chunk.sample:
-                logits_indices.append(cu_query_lens[-1] - 1)
+    def enable_cuda_graphs(self, max_batch_size: int, max_blocks_per_seq: int) -> None:
+        from engine.cuda_graphs import DecodeGraphs
 
-        def dev(values: list[int], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+        graphs = DecodeGraphs(self.model, self.kv_caches, max_batch_size, max_blocks_per_seq)
+        graphs.capture()
+        self.graphs = graphs
 
+    def prepare(self, host: HostBatch) -> ForwardBatch:
+        """Copy a host batch to the device as a ForwardBatch."""
+        pin = self.device.type == "cuda"
+
+        def dev(values: list[int] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+            if pin:
+                t = t.pin_memory()
+            return t.to(self.device, non_blocking=True)
+
+        width = max(len(r) for r in host.block_tables)
         return ForwardBatch(
-            input_ids=dev(input_ids, torch.int64),
-            positions=dev(positions, torch.int64),
-            slot_mapping=dev(slots, torch.int64),
-            block_tables=block_tables.to(self.device, non_blocking=True),
-            cu_query_lens=dev(cu_query_lens, torch.int32),
-            context_lens=dev(context_lens, torch.int32),
-            logits_indices=dev(logits_indices, torch.int64),
+            input_ids=dev(host.input_ids, torch.int64),
+            positions=dev(host.positions, torch.int64),
+            slot_mapping=dev(host.slot_mapping, torch.int64),
+            block_tables=dev(padded_block_table(host.block_tables, width), torch.int32),
+            cu_query_lens=dev(host.cu_query_lens, torch.int32),
+            context_lens=dev(host.context_lens, torch.int32),
+            logits_indices=dev(host.logits_indices, torch.int64),
         )
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
         """Run one step; returns fp32 logits [num_sampled, vocab_size] in sampled-chunk order."""
-        batch = self.prepare(out)
+        host = build_host_batch(out, self.block_size)
+        if self.graphs is not None and host.is_decode_only and self.graphs.fits(host):
+            return self.graphs.run(host)
+        batch = self.prepare(host)
         hidden = self.model(batch, self.kv_caches)
         return self.model.compute_logits(hidden)

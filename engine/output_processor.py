@@ -14,6 +14,9 @@ class OutputProcessor:
         self._checked_chars: dict[int, int] = {}  # id(seq) -> text length already searched
 
     def decode(self, token_ids: list[int]) -> str:
+        """Text of token_ids; empty when the engine runs without a tokenizer (benchmarks)."""
+        if self.tokenizer is None:
+            return ""
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def find_stop_string(self, seq: Sequence) -> bool:
