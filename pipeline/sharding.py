@@ -1,0 +1,98 @@
+"""Deterministic sharding: the dataset's files, in name order, form one sequence of rows that is
+cut into contiguous ranges. The same files with the same row counts always give the same
+shards, so a rerun maps every row to the same shard; the plan records the cut so a changed
+dataset is noticed instead of silently reshuffled.
+
+A shard reads only its own ranges (Parquet: only the overlapping row groups), so running one
+shard costs its rows, not a scan of the whole dataset. Duplicates are found within a shard.
+
+    files:   a.parquet (5 rows)        b.parquet (4 rows)
+    rows:    0 1 2 3 4                 5 6 7 8
+    3 shards of ceil(9/3)=3 rows:
+    shard 0  [a 0:3]      shard 1  [a 3:5, b 0:1]      shard 2  [b 1:4]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import ShardingConfig
+from pipeline.storage import InputFile
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows start..stop-1 of one file; the first of them is row first_row_index of the dataset."""
+
+    file: InputFile
+    start: int
+    stop: int
+    first_row_index: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": {"url": self.file.url, "name": self.file.name, "size": self.file.size},
+            "start": self.start,
+            "stop": self.stop,
+            "first_row_index": self.first_row_index,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Segment:
+        return cls(
+            InputFile(**values["file"]),
+            values["start"],
+            values["stop"],
+            values["first_row_index"],
+        )
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Which rows one shard holds: its segments, in dataset order."""
+
+    index: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows for s in self.segments)
+
+
+def num_shards_for(total_rows: int, config: ShardingConfig) -> int:
+    """How many shards: as configured, or enough for rows_per_shard; at least one, and never
+    more than there are rows (an empty dataset still has one empty shard)."""
+    if config.rows_per_shard is not None:
+        wanted = math.ceil(total_rows / config.rows_per_shard)
+    else:
+        wanted = config.num_shards or 1
+    return max(1, min(wanted, total_rows))
+
+
+def split_into_shards(files: list[tuple[InputFile, int]], num_shards: int) -> list[ShardSpec]:
+    """Cut files (each with its row count, in dataset order) into num_shards contiguous shards
+    of near-equal size: the first total % num_shards shards hold one row more."""
+    assert num_shards >= 1
+    total = sum(n for _, n in files)
+    base, extra = divmod(total, num_shards)
+    bounds = [0]
+    for k in range(num_shards):
+        bounds.append(bounds[-1] + base + (1 if k < extra else 0))
+    shards = []
+    for k in range(num_shards):
+        lo, hi = bounds[k], bounds[k + 1]
+        segments = []
+        offset = 0
+        for file, n in files:
+            start, stop = max(lo - offset, 0), min(hi - offset, n)
+            if start < stop:
+                segments.append(Segment(file, start, stop, offset + start))
+            offset += n
+        shards.append(ShardSpec(k, tuple(segments)))
+    return shards
