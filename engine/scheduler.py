@@ -99,8 +99,8 @@ class Scheduler:
     def _allocate_or_preempt(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:
         """Allocate slots for seq, preempting the newest other running sequences as needed.
         Returns False if seq itself had to be preempted."""
-        scheduled = {id(c.seq) for c in out.chunks}
         while not self.kv_cache.allocate_slots(seq, num_new):
+            scheduled = {id(c.seq) for c in out.chunks}
             victims = [s for s in self.running if s is not seq and id(s) not in scheduled]
             victim = victims[-1] if victims else seq
             self._preempt(victim, out)
