@@ -185,15 +185,29 @@ class OutputConfig:
             raise ValueError(f"overwrite must be true or false, got {self.overwrite!r}")
 
 
+class ShardingStrategy(enum.Enum):
+    RANGE = "range"  # contiguous row ranges: a shard reads only its rows
+    CONTENT = "content"  # hash of the request: duplicates share a shard; every shard scans all
+
+
 @dataclass(frozen=True)
 class ShardingConfig:
-    """Contiguous row ranges of the listed dataset: give num_shards or rows_per_shard
-    (neither: one shard). A shard's rows are held in memory while it runs."""
+    """How rows map to shards: give num_shards or rows_per_shard (neither: one shard).
+    range cuts the dataset into contiguous row ranges; content assigns each row by a hash of
+    its request (its id when it has none), so exact duplicates always meet in one shard and
+    dedup is dataset-wide, at the price of every shard reading the whole dataset.
+    A shard's rows are held in memory while it runs."""
 
     num_shards: int | None = None
     rows_per_shard: int | None = None
+    strategy: ShardingStrategy = ShardingStrategy.RANGE
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "strategy", ShardingStrategy(self.strategy))
+        except ValueError:
+            known = ", ".join(s.value for s in ShardingStrategy)
+            raise ValueError(f"strategy must be one of {known}, got {self.strategy!r}") from None
         _check_positive("num_shards", self.num_shards, allow_none=True)
         _check_positive("rows_per_shard", self.rows_per_shard, allow_none=True)
         if self.num_shards is not None and self.rows_per_shard is not None:

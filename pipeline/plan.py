@@ -19,7 +19,7 @@ from typing import Any
 
 from engine import RequestError
 from engine.tokenizer import PromptEncoder
-from pipeline.config import DataFormat, JobConfig
+from pipeline.config import DataFormat, JobConfig, ShardingStrategy
 from pipeline.grouping import dedup_ratio, group_requests, order_requests, predict_cached_tokens
 from pipeline.readers import check_columns, count_rows, iter_rows
 from pipeline.rows import PreparedRow, PromptKind, RowRequest, prepare_rows
@@ -70,6 +70,10 @@ class ShardPlan:
     def index(self) -> int:
         return self.spec.index
 
+    @property
+    def num_rows(self) -> int:
+        return self.stats.num_rows
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -108,6 +112,7 @@ class Plan:
             "shards": [
                 {
                     "index": s.index,
+                    "strategy": s.spec.strategy.value,
                     "segments": [seg.to_dict() for seg in s.spec.segments],
                     **s.stats.to_dict(),
                 }
@@ -126,7 +131,12 @@ class Plan:
         )
         shards = tuple(
             ShardPlan(
-                ShardSpec(s["index"], tuple(Segment.from_dict(seg) for seg in s["segments"])),
+                ShardSpec(
+                    s["index"],
+                    len(document["shards"]),
+                    ShardingStrategy(s["strategy"]),
+                    tuple(Segment.from_dict(seg) for seg in s["segments"]),
+                ),
                 ShardStats.from_dict(s),
             )
             for s in document["shards"]
@@ -146,7 +156,8 @@ def list_input(config: JobConfig) -> list[InputFile]:
 
 
 def load_shard_rows(config: JobConfig, spec: ShardSpec) -> list[PreparedRow]:
-    """Read and prepare every row of the shard, in dataset order."""
+    """Read and prepare every row of the shard, in dataset order (content sharding reads
+    every row of the dataset and keeps the shard's)."""
     columns = config.input.columns
     rows = (
         row
@@ -162,7 +173,7 @@ def load_shard_rows(config: JobConfig, spec: ShardSpec) -> list[PreparedRow]:
             config.input.batch_rows,
         )
     )
-    return prepare_rows(rows, columns, config.sampling)
+    return [r for r in prepare_rows(rows, columns, config.sampling) if spec.selects(r)]
 
 
 def encode_request(encoder: PromptEncoder, request: RowRequest) -> list[int]:
@@ -200,7 +211,9 @@ def plan_job(config: JobConfig, tokenizer: Any = None) -> Plan:
         check_columns(files, config.input.columns, config.storage_options)
     counted = [(f, count_rows(f, config.input.format, config.storage_options)) for f in files]
     total = sum(n for _, n in counted)
-    specs = split_into_shards(counted, num_shards_for(total, config.sharding))
+    specs = split_into_shards(
+        counted, num_shards_for(total, config.sharding), config.sharding.strategy
+    )
     if tokenizer is None:
         from pipeline.model_loading import load_job_tokenizer
 

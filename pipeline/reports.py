@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from engine import RunMetrics
+from pipeline.plan import Plan
 
 
 def metrics_delta(before: RunMetrics, after: RunMetrics) -> RunMetrics:
@@ -134,3 +135,25 @@ class JobReport:
         )
         lines.append(f"output: {self.output_url}")
         return "\n".join(lines)
+
+
+def plan_summary(plan: Plan) -> str:
+    """A table of the plan's shards plus totals, for the terminal."""
+    lines = [
+        f"{len(plan.files)} file(s), {plan.num_rows} rows, {len(plan.shards)} shard(s); "
+        f"KV block size {plan.block_size}",
+        f"{'shard':>5} {'rows':>7} {'errors':>6} {'reqs':>6} {'dedup':>6} {'tok in':>8} {'pred hit':>8}",
+    ]
+    for s in plan.shards:
+        st = s.stats
+        lines.append(
+            f"{s.index:>5} {st.num_rows:>7} {st.num_errors:>6} {st.num_requests:>6} "
+            f"{st.dedup_ratio:>6.1%} {st.num_prompt_tokens:>8} {st.predicted_hit_rate:>8.1%}"
+        )
+    t = plan.totals()
+    lines.append(
+        f"total: {t.num_rows} rows, {t.num_errors} invalid, {t.num_requests} requests to run "
+        f"(dedup saves {t.dedup_ratio:.1%}), {t.num_prompt_tokens} prompt tokens, "
+        f"predicted prefix-cache hit rate {t.predicted_hit_rate:.1%}"
+    )
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -107,10 +107,9 @@ def prepare_row(row: InputRow, columns: ColumnMap, defaults: SamplingParams) -> 
 
 def prepare_rows(
     rows: Iterable[InputRow], columns: ColumnMap, defaults: SamplingParams
-) -> list[PreparedRow]:
-    """prepare_row for each row; a user id seen before in these rows becomes an error on the
-    later row, whose id gets a ``#row<N>`` suffix so every output id stays unique."""
-    prepared: list[PreparedRow] = []
+) -> Iterator[PreparedRow]:
+    """prepare_row for each row, lazily; a user id seen before in these rows becomes an error
+    on the later row, whose id gets a ``#row<N>`` suffix so every output id stays unique."""
     first_seen: dict[str, int] = {}
     for row in rows:
         item = prepare_row(row, columns, defaults)
@@ -123,8 +122,7 @@ def prepare_rows(
                 f"row {row.row_index}: {columns.id_column}: duplicate id {item.row_id!r} "
                 f"(first at row {seen})",
             )
-        prepared.append(item)
-    return prepared
+        yield item
 
 
 def _row_id(row: InputRow, columns: ColumnMap) -> tuple[str, str | None]:

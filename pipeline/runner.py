@@ -68,7 +68,7 @@ def run_job(
     if pending and llm is None:
         llm = load_job_llm(config)
         load_s = llm.load_seconds
-    bar = RunProgress(sum(s.spec.num_rows for s in selected), progress)
+    bar = RunProgress(sum(s.num_rows for s in selected), progress)
     reports = []
     try:
         for shard in selected:
@@ -76,11 +76,9 @@ def run_job(
                 assert llm is not None
                 reports.append(run_shard(llm, config, shard, store=store, progress=bar))
             else:
-                bar.advance(shard.spec.num_rows)
+                bar.advance(shard.num_rows)
                 reports.append(
-                    ShardReport.skipped(
-                        shard.index, shard.spec.num_rows, shard.stats.predicted_hit_rate
-                    )
+                    ShardReport.skipped(shard.index, shard.num_rows, shard.stats.predicted_hit_rate)
                 )
     finally:
         bar.close()
@@ -110,8 +108,8 @@ def run_shard(
     if config.output.overwrite:
         output.clear()
     elif output.is_complete():
-        bar.advance(shard.spec.num_rows)
-        return ShardReport.skipped(shard.index, shard.spec.num_rows, shard.stats.predicted_hit_rate)
+        bar.advance(shard.num_rows)
+        return ShardReport.skipped(shard.index, shard.num_rows, shard.stats.predicted_hit_rate)
     done = output.committed_ids()
     rows = load_shard_rows(config, shard.spec)
     todo = [r for r in rows if r.row_id not in done]

@@ -1,4 +1,6 @@
-"""Deterministic sharding: the dataset's files, in name order, form one sequence of rows that is
+"""Deterministic sharding. Two strategies (config.ShardingStrategy):
+
+range (default): the dataset's files, in name order, form one sequence of rows that is
 cut into contiguous ranges. The same files with the same row counts always give the same
 shards, so a rerun maps every row to the same shard; the plan records the cut so a changed
 dataset is noticed instead of silently reshuffled.
@@ -14,11 +16,13 @@ shard costs its rows, not a scan of the whole dataset. Duplicates are found with
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import ShardingConfig
+from pipeline.config import ShardingConfig, ShardingStrategy
+from pipeline.rows import PreparedRow
 from pipeline.storage import InputFile
 
 
@@ -55,14 +59,24 @@ class Segment:
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Which rows one shard holds: its segments, in dataset order."""
+    """Which rows one shard holds: the rows of its segments (in dataset order) that `selects`
+    accepts — all of them for range sharding."""
 
     index: int
+    num_shards: int
+    strategy: ShardingStrategy
     segments: tuple[Segment, ...]
 
-    @property
-    def num_rows(self) -> int:
-        return sum(s.num_rows for s in self.segments)
+    def selects(self, row: PreparedRow) -> bool:
+        if self.strategy is ShardingStrategy.RANGE:
+            return True
+        return shard_of_row(row, self.num_shards) == self.index
+
+
+def shard_of_row(row: PreparedRow, num_shards: int) -> int:
+    """The content strategy's shard of a row; depends only on the row's request (or id)."""
+    key = (row.request.dedup_key if row.request is not None else None) or f"id:{row.row_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) % num_shards
 
 
 def num_shards_for(total_rows: int, config: ShardingConfig) -> int:
@@ -75,10 +89,22 @@ def num_shards_for(total_rows: int, config: ShardingConfig) -> int:
     return max(1, min(wanted, total_rows))
 
 
-def split_into_shards(files: list[tuple[InputFile, int]], num_shards: int) -> list[ShardSpec]:
-    """Cut files (each with its row count, in dataset order) into num_shards contiguous shards
-    of near-equal size: the first total % num_shards shards hold one row more."""
+def split_into_shards(
+    files: list[tuple[InputFile, int]],
+    num_shards: int,
+    strategy: ShardingStrategy = ShardingStrategy.RANGE,
+) -> list[ShardSpec]:
+    """Range: cut files (each with its row count, in dataset order) into num_shards contiguous
+    shards of near-equal size (the first total % num_shards shards hold one row more).
+    Content: every shard spans every file whole and selects its rows by hash."""
     assert num_shards >= 1
+    if strategy is ShardingStrategy.CONTENT:
+        whole, offset = [], 0
+        for file, n in files:
+            if n:
+                whole.append(Segment(file, 0, n, offset))
+            offset += n
+        return [ShardSpec(k, num_shards, strategy, tuple(whole)) for k in range(num_shards)]
     total = sum(n for _, n in files)
     base, extra = divmod(total, num_shards)
     bounds = [0]
@@ -94,5 +120,5 @@ def split_into_shards(files: list[tuple[InputFile, int]], num_shards: int) -> li
             if start < stop:
                 segments.append(Segment(file, start, stop, offset + start))
             offset += n
-        shards.append(ShardSpec(k, tuple(segments)))
+        shards.append(ShardSpec(k, num_shards, strategy, tuple(segments)))
     return shards
