@@ -100,8 +100,14 @@ def run_engine(
     for i, p in enumerate(prompts):
         engine.add_request(Request(i, tuple(p), params, arrival_index=i))
     done = 0
+    decode_ms, mixed_ms = [], []
+    m = engine.metrics
     while engine.num_unfinished:
+        computed, generated, t = m.num_computed_tokens, m.num_generated_tokens, time.perf_counter()
         done += len(engine.step())
+        dt = (time.perf_counter() - t) * 1000
+        is_decode = m.num_computed_tokens - computed == m.num_generated_tokens - generated
+        (decode_ms if is_decode else mixed_ms).append(dt)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     m = engine.metrics
@@ -122,11 +128,26 @@ def run_engine(
         "engine_start_s": start_seconds,
         "prefill_s": m.prefill_seconds,
         "decode_s": m.decode_seconds,
+        "decode_steps": _step_stats(decode_ms),
+        "mixed_steps": _step_stats(mixed_ms),
     }
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+def _step_stats(ms: list[float]) -> dict:
+    if not ms:
+        return {"count": 0}
+    ms = sorted(ms)
+    return {
+        "count": len(ms),
+        "median_ms": ms[len(ms) // 2],
+        "p90_ms": ms[int(len(ms) * 0.9)],
+        "max_ms": ms[-1],
+        "total_s": sum(ms) / 1000,
+    }
 
 
 def run_hf_static(hf, prompts: list[list[int]], gen_len: int, batch: int) -> dict:
@@ -275,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         r["floor"] = asdict(floor)
         results["runs"][name] = r
     print_table(results, ceilings)
+    for name, r in results["runs"].items():
+        if "decode_steps" in r:
+            print(name, "decode steps", r["decode_steps"], "mixed steps", r["mixed_steps"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
-from engine.model_runner import HostBatch
+from engine.model_runner import HostBatch, padded_block_table
 from engine.models.llama import LlamaForCausalLM
 
 
@@ -95,9 +95,7 @@ class DecodeGraphs:
         staging[3, :n] = torch.tensor(host.cu_query_lens[1:])
         staging[4, :n] = torch.tensor(host.context_lens)
         width = max(len(r) for r in host.block_tables)
-        self.block_staging[:n, :width] = torch.tensor(
-            [r + [0] * (width - len(r)) for r in host.block_tables], dtype=torch.int32
-        )
+        self.block_staging[:n, :width] = padded_block_table(host.block_tables, width)
         s = self.static
         s.input_ids[:size].copy_(staging[0, :size], non_blocking=True)
         s.positions[:size].copy_(staging[1, :size], non_blocking=True)

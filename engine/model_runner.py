@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from engine.config import CacheConfig, KVCacheDtype, ModelConfig
@@ -95,8 +96,11 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
 
 def padded_block_table(rows: list[list[int]], width: int) -> torch.Tensor:
     """[len(rows), width] int32, each row right-padded with block 0 (never read: context_lens
-    bounds every read)."""
-    return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)
+    bounds every read). Filled through numpy: a nested-list torch.tensor is ~10x slower."""
+    table = np.zeros((len(rows), width), dtype=np.int32)
+    for i, row in enumerate(rows):
+        table[i, : len(row)] = row
+    return torch.from_numpy(table)
 
 
 class ModelRunner:

@@ -49,9 +49,10 @@ class Sampler:
         """logits: [len(seqs), vocab] fp32, row i for seqs[i]. Advances seeded sequences'
         generators by one draw each; mutates nothing else."""
         params = [s.request.sampling_params for s in seqs]
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        greedy_rows = [p.greedy for p in params]
         token_ids = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
+        if not all(greedy_rows):
+            greedy = torch.tensor(greedy_rows, device=logits.device)
             token_ids = torch.where(greedy, token_ids, self._sample(logits, seqs))
         ids = token_ids.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)

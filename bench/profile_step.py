@@ -1,0 +1,101 @@
+"""Where one engine step's time goes: host phases timed with device syncs, then the top CUDA
+kernels of a few decode steps (torch.profiler).
+
+    python -m bench.profile_step --shape llama-3.2-1b --batch 512 --prompt-len 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+
+from bench.shapes import engine_config
+from engine.config import CacheConfig, EngineConfig, KVCacheDtype, SchedulerConfig
+from engine.factory import create_engine, random_model
+from engine.output_processor import OutputProcessor
+from engine.request import Request
+from engine.sampling_params import SamplingParams
+
+
+def timed_step(engine, totals: dict[str, float]) -> None:
+    """engine.step() split into phases, each closed by a device sync."""
+    sync = torch.cuda.synchronize
+    t0 = time.perf_counter()
+    out = engine.scheduler.schedule()
+    t1 = time.perf_counter()
+    logits = engine.runner.execute(out)
+    sync()
+    t2 = time.perf_counter()
+    sampling = [c.seq for c in out.chunks if c.sample]
+    sampled = engine.sampler(logits, sampling)
+    t3 = time.perf_counter()
+    engine.scheduler.update(out, sampled.token_ids)
+    t4 = time.perf_counter()
+    for name, dt in (
+        ("schedule", t1 - t0),
+        ("execute", t2 - t1),
+        ("sample", t3 - t2),
+        ("update", t4 - t3),
+    ):
+        totals[name] += dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama-3.2-1b")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--kv", default="auto")
+    args = ap.parse_args()
+    cfg = engine_config(args.shape, args.prompt_len + 256)
+    model = random_model(cfg, torch.bfloat16, torch.device("cuda"))
+    config = EngineConfig(
+        model=cfg,
+        cache=CacheConfig(kv_cache_dtype=KVCacheDtype(args.kv)),
+        scheduler=SchedulerConfig(16384, args.batch),
+        dtype=torch.bfloat16,
+        device="cuda",
+    )
+    engine = create_engine(config, model, OutputProcessor(None), frozenset())
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(args.batch):
+        prompt = torch.randint(10, cfg.vocab_size, (args.prompt_len,), generator=g).tolist()
+        engine.add_request(Request(i, tuple(prompt), params))
+    while (
+        any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running)
+        or engine.scheduler.waiting
+    ):
+        engine.step()
+    for _ in range(3):
+        engine.step()
+    totals: dict[str, float] = defaultdict(float)
+    for _ in range(args.steps):
+        timed_step(engine, totals)
+    print(
+        f"decode step, batch {args.batch}, context ~{args.prompt_len}: "
+        + ", ".join(f"{k} {v / args.steps * 1000:.2f} ms" for k, v in totals.items())
+    )
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        engine.step()
+    torch.cuda.synchronize()
+    print(f"plain engine.step: {(time.perf_counter() - t) / args.steps * 1000:.2f} ms")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            engine.step()
+        torch.cuda.synchronize()
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60)
+    )
+
+
+if __name__ == "__main__":
+    main()
