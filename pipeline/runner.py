@@ -12,7 +12,9 @@ Call order inside run_shard, and why:
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -38,6 +40,8 @@ from pipeline.reports import JobReport, ShardReport, metrics_delta
 from pipeline.rows import PreparedRow
 from pipeline.storage import Store
 from pipeline.tokenize_ahead import TokenizeAhead
+
+logger = logging.getLogger(__name__)
 
 
 def run_job(
@@ -165,6 +169,7 @@ def _generate(
     records (one per row it serves) and its generated token count."""
     requests = ordered.all
     carry = config.input.carry_columns
+    run = uuid.uuid4().hex  # tags our request ids, see _ours
     fingerprints: dict[SamplingParams, str] = {}
     failed: list[tuple[UniqueRequest, str]] = []  # tokenizer rejections, drained in order
 
@@ -179,7 +184,7 @@ def _generate(
             yield GenerationRequest(
                 prompt_token_ids=result,
                 sampling_params=requests[position].request.params,
-                request_id=position,
+                request_id=(run, position),
             )
 
     def drain_failed() -> Iterator[tuple[list[OutputRecord], int]]:
@@ -188,7 +193,7 @@ def _generate(
             yield _error_records(unique.rows, message, carry), 0
 
     def records_of(completion: Completion) -> list[OutputRecord]:
-        unique = requests[completion.request_id]
+        unique = requests[completion.request_id[1]]
         if completion.error is not None:
             return _error_records(unique.rows, completion.error, carry)
         params = unique.request.params
@@ -209,8 +214,21 @@ def _generate(
                 continue
             for completion in llm.stream(feed(items, count)):
                 yield from drain_failed()
+                if not _ours(completion, run):
+                    continue
                 yield records_of(completion), len(completion.token_ids)
             yield from drain_failed()
+
+
+def _ours(completion: Completion, run: str) -> bool:
+    """Whether a completion belongs to this run. A stream abandoned by an exception leaves its
+    requests in the engine; they finish during the next stream and must not be taken for that
+    stream's requests."""
+    request_id = completion.request_id
+    if isinstance(request_id, tuple) and len(request_id) == 2 and request_id[0] == run:
+        return True
+    logger.warning("ignoring a completion of an abandoned run: %r", request_id)
+    return False
 
 
 def _error_records(
