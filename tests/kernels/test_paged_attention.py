@@ -92,8 +92,10 @@ def assert_matches_reference(batch: Batch, *scales: torch.Tensor) -> torch.Tenso
     return out
 
 
+# Long enough for several K/V tiles of every tile config, so the online softmax rescales.
+MANY = 300
 # Decodes whose contexts are 1, block-1, block, block+1 and many blocks long.
-RAGGED_DECODES = [(1, 1), (BLOCK - 1, 1), (BLOCK, 1), (BLOCK + 1, 1), (70, 1)]
+RAGGED_DECODES = [(1, 1), (BLOCK - 1, 1), (BLOCK, 1), (BLOCK + 1, 1), (MANY, 1)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -122,7 +124,7 @@ def test_paged_attention_matches_reference_for_prefill_chunks_after_a_cached_pre
 def test_paged_attention_matches_reference_for_mixed_decodes_and_prefills_with_padding_rows() -> (
     None
 ):
-    seqs = [(BLOCK + 1, 1), (BLOCK * 2, 6), (1, 1), (9, 0), (BLOCK - 1, BLOCK - 1), (70, 1)]
+    seqs = [(BLOCK + 1, 1), (BLOCK * 2, 6), (1, 1), (9, 0), (BLOCK - 1, BLOCK - 1), (MANY, 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32, num_padding_rows=3)
     out = assert_matches_reference(batch)
     assert torch.equal(out[-3:], torch.zeros_like(out[-3:]))
@@ -133,14 +135,14 @@ def test_paged_attention_matches_reference_when_a_chunk_in_a_decode_batch_spans_
 ):
     # Mostly decodes, so the kernel takes its small tiles (4 tokens x 4 heads); the 6-token
     # chunk then spans two query blocks that do not start on a multiple of 4 in the batch.
-    seqs = [(1, 1), (9, 1), (12, 6), (70, 1), (5, 1), (6, 1), (7, 1)]
+    seqs = [(1, 1), (9, 1), (12, 6), (MANY, 1), (5, 1), (6, 1), (7, 1)]
     assert_matches_reference(make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32))
 
 
 def test_paged_attention_matches_reference_for_cuda_graph_padding_sequences() -> None:
     # A decode graph padded to 5 sequences: the last two have no query and no context, and
     # their rows of query come back as zeros.
-    seqs = [(BLOCK + 1, 1), (70, 1), (2, 1), (0, 0), (0, 0)]
+    seqs = [(BLOCK + 1, 1), (MANY, 1), (2, 1), (0, 0), (0, 0)]
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float16, num_padding_rows=2)
     out = assert_matches_reference(batch)
     assert torch.equal(out[-2:], torch.zeros_like(out[-2:]))
@@ -158,14 +160,14 @@ def test_paged_attention_matches_reference_when_block_table_is_shuffled() -> Non
 def test_paged_attention_over_int8_cache_matches_reference_on_the_same_int8_cache(
     dtype: torch.dtype,
 ) -> None:
-    seqs = [(BLOCK + 1, 1), (70, 1), (11, 5), (BLOCK - 1, BLOCK - 1)]
+    seqs = [(BLOCK + 1, 1), (MANY, 1), (11, 5), (BLOCK - 1, BLOCK - 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=dtype, num_padding_rows=1)
     int8_batch, k_scale, v_scale = quantized(batch)
     assert_matches_reference(int8_batch, k_scale, v_scale)
 
 
 def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:
-    seqs = [(70, 1), (30, 12), (BLOCK + 1, 1)]
+    seqs = [(MANY, 1), (30, 12), (BLOCK + 1, 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=2, dtype=torch.float32)
     int8_batch, k_scale, v_scale = quantized(batch)
     out = paged_attention(*int8_batch.args(), k_scale, v_scale)
