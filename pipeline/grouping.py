@@ -5,11 +5,9 @@ give.
    effective sampling params) and deterministic (greedy or seeded) share one `UniqueRequest`;
    the engine runs it once and its completion is fanned out to every row.
 2. `order_requests`: unique requests sorted by their text (`RowRequest.order_key`), so the ones
-   sharing a system prompt or few-shot block are adjacent and run close in time. The engine
-   looks the prefix cache up when it admits a request, so requests admitted in the same step
-   all miss; hence the first request of each run of prefix-sharing neighbours (a *leader*)
-   runs in a first, small phase, and the rest (the *followers*) after it, finding the shared
-   blocks cached.
+   sharing a system prompt or few-shot block are adjacent and run close in time, while their
+   blocks are still in the LRU prefix cache. (The engine registers a prompt's full blocks when
+   it allocates them, so neighbours admitted in the same step share them too.)
 3. `predict_cached_tokens`: replays the submission order over the token ids with the engine's
    rule (full blocks, chained, the last prompt token never cached) and an unbounded cache.
    predicted hit rate = tokens in already-seen full blocks / prompt tokens.
@@ -22,10 +20,6 @@ from dataclasses import dataclass
 
 from pipeline.rows import PreparedRow, RowRequest
 
-# Two sorted neighbours whose texts share this many characters per KV block are assumed to share
-# at least one full block of tokens (about 3-4 characters per token for English BPE vocabularies).
-CHARS_PER_TOKEN = 3
-
 
 @dataclass(frozen=True)
 class UniqueRequest:
@@ -33,18 +27,6 @@ class UniqueRequest:
 
     request: RowRequest
     rows: tuple[PreparedRow, ...]
-
-
-@dataclass(frozen=True)
-class OrderedRequests:
-    """Submission order: every leader, then every follower."""
-
-    leaders: tuple[UniqueRequest, ...]
-    followers: tuple[UniqueRequest, ...]
-
-    @property
-    def all(self) -> tuple[UniqueRequest, ...]:
-        return self.leaders + self.followers
 
 
 def group_requests(rows: Iterable[PreparedRow], dedup: bool) -> list[UniqueRequest]:
@@ -66,33 +48,12 @@ def group_requests(rows: Iterable[PreparedRow], dedup: bool) -> list[UniqueReque
     return [UniqueRequest(members[0].request, tuple(members)) for members in order]  # type: ignore[arg-type]
 
 
-def order_requests(
-    unique: Sequence[UniqueRequest], prefix_grouping: bool, block_size: int
-) -> OrderedRequests:
-    """The submission order (see the module docstring); input order when prefix_grouping is
-    off. Stable: equal keys keep their first-seen order."""
+def order_requests(unique: Sequence[UniqueRequest], prefix_grouping: bool) -> list[UniqueRequest]:
+    """The submission order: sorted by text when prefix_grouping, else first-seen order.
+    Stable: equal keys keep their first-seen order."""
     if not prefix_grouping:
-        return OrderedRequests((), tuple(unique))
-    ordered = sorted(unique, key=lambda u: u.request.order_key)
-    keys = [u.request.order_key for u in ordered]
-    min_shared = block_size * CHARS_PER_TOKEN
-    shares = [
-        i > 0 and _common_prefix_len(keys[i - 1], keys[i]) >= min_shared
-        for i in range(len(ordered))
-    ]
-    leaders, followers = [], []
-    for i, request in enumerate(ordered):
-        starts_run = not shares[i] and i + 1 < len(ordered) and shares[i + 1]
-        (leaders if starts_run else followers).append(request)
-    return OrderedRequests(tuple(leaders), tuple(followers))
-
-
-def _common_prefix_len(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+        return list(unique)
+    return sorted(unique, key=lambda u: u.request.order_key)
 
 
 def predict_cached_tokens(token_id_lists: Iterable[Sequence[int]], block_size: int) -> int:

@@ -186,9 +186,9 @@ def encode_request(encoder: PromptEncoder, request: RowRequest) -> list[int]:
 def shard_stats(config: JobConfig, rows: list[PreparedRow], encoder: PromptEncoder) -> ShardStats:
     """Tokenize the shard's unique requests in submission order and predict its hit rate."""
     unique = group_requests(rows, config.grouping.dedup)
-    ordered = order_requests(unique, config.grouping.prefix_grouping, config.engine.block_size)
+    ordered = order_requests(unique, config.grouping.prefix_grouping)
     token_lists, num_errors = [], sum(1 for r in rows if r.error is not None)
-    for item in ordered.all:
+    for item in ordered:
         try:
             token_lists.append(encode_request(encoder, item.request))
         except RequestError:

@@ -5,7 +5,7 @@ Call order inside run_shard, and why:
 1. A complete shard (manifest present) is skipped; with output.overwrite it is cleared first.
 2. Rows are read and validated; ids already in committed parts are dropped (resume).
 3. Invalid rows are written as error records at once; they never reach the engine.
-4. Valid rows are deduplicated and ordered (leaders first); a background thread tokenizes in
+4. Valid rows are deduplicated and ordered by shared prefix; a background thread tokenizes in
    that order while the engine streams; each completion fans out to its rows' records.
 5. Parts commit every output.rows_per_part records; the manifest is written last.
 """
@@ -24,7 +24,7 @@ from engine import LLM, Completion, GenerationRequest, RequestError, SamplingPar
 from engine.tokenizer import PromptEncoder
 from pipeline.commit import PartWriter, ShardOutput
 from pipeline.config import DataFormat, JobConfig
-from pipeline.grouping import OrderedRequests, UniqueRequest, group_requests, order_requests
+from pipeline.grouping import UniqueRequest, group_requests, order_requests
 from pipeline.model_loading import load_job_llm
 from pipeline.plan import ShardPlan, ensure_plan, load_shard_rows
 from pipeline.progress import RunProgress
@@ -130,7 +130,7 @@ def run_shard(
     writer.add(invalid)
     bar.advance(len(invalid))
     unique = group_requests(todo, config.grouping.dedup)
-    ordered = order_requests(unique, config.grouping.prefix_grouping, config.engine.block_size)
+    ordered = order_requests(unique, config.grouping.prefix_grouping)
     before = replace(llm.metrics)
     num_failed = 0
     for records, num_generated in _generate(llm, config, ordered):
@@ -163,21 +163,17 @@ def run_shard(
 
 
 def _generate(
-    llm: LLM, config: JobConfig, ordered: OrderedRequests
+    llm: LLM, config: JobConfig, requests: Sequence[UniqueRequest]
 ) -> Iterator[tuple[list[OutputRecord], int]]:
-    """Run the ordered requests (leaders, then followers); yield each finished request's
-    records (one per row it serves) and its generated token count."""
-    requests = ordered.all
+    """Run the requests in order; yield each finished request's records (one per row it
+    serves) and its generated token count."""
     carry = config.input.carry_columns
     run = uuid.uuid4().hex  # tags our request ids, see _ours
     fingerprints: dict[SamplingParams, str] = {}
     failed: list[tuple[UniqueRequest, str]] = []  # tokenizer rejections, drained in order
 
-    def feed(
-        items: Iterator[tuple[int, list[int] | RequestError]], count: int
-    ) -> Iterator[GenerationRequest]:
-        for _ in range(count):
-            position, result = next(items)
+    def feed(items: Iterator[tuple[int, list[int] | RequestError]]) -> Iterator[GenerationRequest]:
+        for position, result in items:
             if isinstance(result, RequestError):
                 failed.append((requests[position], str(result)))
                 continue
@@ -208,16 +204,11 @@ def _generate(
 
     encoder = PromptEncoder(llm.tokenizer)
     with TokenizeAhead(encoder, [u.request for u in requests]) as ahead:
-        items = iter(ahead)
-        for count in (len(ordered.leaders), len(ordered.followers)):
-            if not count:
-                continue
-            for completion in llm.stream(feed(items, count)):
-                yield from drain_failed()
-                if not _ours(completion, run):
-                    continue
-                yield records_of(completion), len(completion.token_ids)
+        for completion in llm.stream(feed(iter(ahead))):
             yield from drain_failed()
+            if _ours(completion, run):
+                yield records_of(completion), len(completion.token_ids)
+        yield from drain_failed()
 
 
 def _ours(completion: Completion, run: str) -> bool:

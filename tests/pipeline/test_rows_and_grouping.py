@@ -92,7 +92,7 @@ def test_identical_deterministic_requests_are_grouped_and_sampled_ones_are_not()
     assert len(group_requests(rows, dedup=False)) == 5
 
 
-def test_prefix_grouping_sorts_shared_prefixes_together_and_runs_a_leader_first():
+def test_prefix_grouping_sorts_requests_sharing_a_system_prompt_next_to_each_other():
     other = "You translate English into French and reply with the translation only. " * 3
     rows = [
         _prepare({"messages": _chat("What is rain?")}, 0),
@@ -102,15 +102,12 @@ def test_prefix_grouping_sorts_shared_prefixes_together_and_runs_a_leader_first(
         _prepare({"messages": _chat("Thank you", other)}, 4),
         _prepare({"messages": _chat("How do clouds form?")}, 5),
     ]
-    ordered = order_requests(group_requests(rows, dedup=True), prefix_grouping=True, block_size=16)
-    # sorted: the plain prompt, then SYSTEM chats by user text, then the other system prompt;
-    # the first of each run sharing a system prompt leads
-    assert [u.rows[0].row.row_index for u in ordered.leaders] == [5, 1]
-    assert [u.rows[0].row.row_index for u in ordered.followers] == [3, 0, 2, 4]
-    unordered = order_requests(
-        group_requests(rows, dedup=True), prefix_grouping=False, block_size=16
-    )
-    assert [u.rows[0].row.row_index for u in unordered.all] == [0, 1, 2, 3, 4, 5]
+    unique = group_requests(rows, dedup=True)
+    # plain prompts first, then chats by system prompt, then by user text
+    ordered = order_requests(unique, prefix_grouping=True)
+    assert [u.rows[0].row.row_index for u in ordered] == [3, 5, 0, 2, 1, 4]
+    unordered = order_requests(unique, prefix_grouping=False)
+    assert [u.rows[0].row.row_index for u in unordered] == [0, 1, 2, 3, 4, 5]
 
 
 def test_predicted_cached_tokens_count_seen_full_blocks_but_never_the_last_token():
