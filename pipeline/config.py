@@ -112,7 +112,7 @@ class InputConfig:
     prompt_column: str | None = None
     messages_column: str | None = None
     carry_columns: tuple[str, ...] = ()
-    override_columns: Mapping[str, str] = field(default_factory=dict)
+    override_columns: dict[str, str] = field(default_factory=dict)
     batch_rows: int = 1024  # rows per record batch read
 
     def __post_init__(self) -> None:
@@ -273,7 +273,7 @@ class JobConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     engine: EngineOptions = field(default_factory=EngineOptions)
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_name("model", self.model)

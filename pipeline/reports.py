@@ -57,7 +57,7 @@ class ShardReport:
 
     @classmethod
     def skipped(cls, shard: int, num_rows: int, predicted_hit_rate: float) -> ShardReport:
-        zeros = {
+        zeros: dict[str, Any] = {
             f.name: 0
             for f in fields(cls)
             if f.name not in ("shard", "status", "num_rows", "num_resumed_rows")

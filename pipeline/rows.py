@@ -139,12 +139,13 @@ def _row_id(row: InputRow, columns: ColumnMap) -> tuple[str, str | None]:
 
 
 def _request(values: Mapping[str, Any], columns: ColumnMap, defaults: SamplingParams) -> RowRequest:
-    messages = values.get(columns.messages_column) if columns.messages_column else None
-    if messages is not None:
+    column = columns.messages_column
+    messages = values.get(column) if column else None
+    if column is not None and messages is not None:
         return RowRequest(
             PromptKind.CHAT,
             None,
-            _messages(messages, columns.messages_column),
+            _messages(messages, column),
             _params(values, columns, defaults),
         )
     if columns.prompt_column is None:
@@ -175,8 +176,8 @@ def _messages(value: Any, column: str) -> tuple[Mapping[str, str], ...]:
     try:
         checked = validate_messages(value)
     except RequestError as exc:
-        message = str(exc)  # the engine names the field "messages..."
-        raise _RowError(column + message.removeprefix("messages")) from None
+        problem = str(exc)  # the engine names the field "messages..."
+        raise _RowError(column + problem.removeprefix("messages")) from None
     for i, message in enumerate(checked):
         if not message["content"].strip() and message["role"] != "assistant":
             raise _RowError(f"{column}[{i}].content: empty")

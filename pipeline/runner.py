@@ -55,8 +55,8 @@ def run_job(
     dataset or column fails fast. A given llm must be of config.model; it is reused as is."""
     started = time.perf_counter()
     store = Store(config.output.url, config.storage_options)
-    tokenizer_factory = (lambda: llm.tokenizer) if llm is not None else None
-    plan = ensure_plan(config, store, tokenizer_factory)
+    given = llm
+    plan = ensure_plan(config, store, (lambda: given.tokenizer) if given is not None else None)
     by_index = {s.index: s for s in plan.shards}
     unknown = sorted(set(shards or ()) - by_index.keys())
     if unknown:

@@ -110,6 +110,8 @@ class Store:
         return self.fs.unstrip_protocol(self.path(rel))
 
     def exists(self, rel: str) -> bool:
+        """Asks the store itself (another process may have written rel since a listing)."""
+        self.fs.invalidate_cache(self.path(rel))
         return bool(self.fs.exists(self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
