@@ -28,7 +28,6 @@ PLAN_JOB = dg.define_asset_job(
 GENERATE_JOB = dg.define_asset_job(
     "batchgen_generate",
     selection=[generations],
-    partitions_def=SHARDS,
     description="Generate shards (one partition per shard) and check them.",
 )
 
