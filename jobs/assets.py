@@ -26,7 +26,7 @@ from jobs.metadata import (
     summarize_job,
     summary_metadata,
 )
-from jobs.partitions import SHARDS, job_shard_keys, parse_shard_key, shard_key
+from jobs.partitions import SHARDS, SHARDS_NAME, job_shard_keys, parse_shard_key, shard_key
 from jobs.resources import BatchgenEngine, BatchgenModel, BatchgenStorage
 from pipeline import JobConfig, run_shard
 from pipeline.commit import ShardOutput
@@ -64,7 +64,9 @@ def recorded_job(instance: dg.DagsterInstance, name: str) -> JobConfig:
             materialization = record.asset_materialization
             metadata = materialization.metadata if materialization else {}
             if "job_name" in metadata and metadata["job_name"].value == name:
-                return JobConfig.from_dict(metadata["job_config"].value)  # type: ignore[arg-type]
+                values = metadata["job_config"].value
+                assert isinstance(values, dict), "shard_plan records the config as a JSON object"
+                return JobConfig.from_dict(values)
         if not result.has_more:
             break
         cursor = result.cursor
@@ -101,7 +103,7 @@ def planned_shard(job: JobConfig, store: Store, index: int) -> ShardPlan:
     return by_index[index]
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet"})
+@dg.asset(group_name=GROUP)
 def shard_plan(
     context: dg.AssetExecutionContext,
     config: BatchgenJobConfig,
@@ -119,15 +121,14 @@ def shard_plan(
     keys = [shard_key(name, s.index) for s in plan.shards]
     instance = context.instance
     for stale in sorted(set(job_shard_keys(instance, name)) - set(keys)):
-        instance.delete_dynamic_partition(SHARDS.name, stale)  # type: ignore[arg-type]
-    instance.add_dynamic_partitions(SHARDS.name, keys)  # type: ignore[arg-type]
+        instance.delete_dynamic_partition(SHARDS_NAME, stale)
+    instance.add_dynamic_partitions(SHARDS_NAME, keys)
     context.log.info("job %s -> %s\n%s", name, job.output.url, plan_summary(plan))
     return dg.MaterializeResult(metadata=plan_metadata(name, job, plan, keys))
 
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"parquet"},
     partitions_def=SHARDS,
     deps=[shard_plan],
     pool=GPU_POOL,
@@ -141,6 +142,10 @@ def generations(
 ) -> dg.MaterializeResult:
     """Generate one shard and commit it; a complete shard is skipped and an interrupted one
     resumes, so rerunning a partition is always safe. Runs the three shard checks."""
+    if not 0.0 <= config.max_error_rate <= 1.0:
+        raise dg.Failure(
+            f"max_error_rate must be in [0, 1], got {config.max_error_rate}", allow_retries=False
+        )
     name, index = parse_shard_key(context.partition_key)
     job = recorded_job(context.instance, name)
     try:

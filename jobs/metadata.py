@@ -17,6 +17,7 @@ from pipeline.plan import Plan
 from pipeline.reports import ShardReport, plan_summary
 
 Metadata = dict[str, dg.MetadataValue]
+MAX_LISTED_PARTITIONS = 100  # a plan's metadata lists its partition keys up to this many
 
 
 def plan_metadata(name: str, job: JobConfig, plan: Plan, keys: Sequence[str]) -> Metadata:
@@ -34,7 +35,7 @@ def plan_metadata(name: str, job: JobConfig, plan: Plan, keys: Sequence[str]) ->
         "tokens_in": dg.MetadataValue.int(totals.num_prompt_tokens),
         "dedup_ratio": dg.MetadataValue.float(totals.dedup_ratio),
         "predicted_hit_rate": dg.MetadataValue.float(totals.predicted_hit_rate),
-        "partitions": dg.MetadataValue.json(list(keys)),
+        "partitions": dg.MetadataValue.json(list(keys[:MAX_LISTED_PARTITIONS])),
         "summary": dg.MetadataValue.md(f"```\n{plan_summary(plan)}\n```"),
     }
 
@@ -73,7 +74,9 @@ def shard_metadata(report: ShardReport, outcome: ShardOutcome, output_url: str) 
 
 @dataclass(frozen=True)
 class JobSummary:
-    """A job's committed manifests summed up; `missing` lists shards without a manifest."""
+    """A job's committed manifests summed up; `missing` lists shards without a manifest.
+    Rows count what the manifests list; errors, tokens and times are those reported by the run
+    that completed each shard (rows an earlier, interrupted run committed are not in them)."""
 
     name: str
     output_url: str

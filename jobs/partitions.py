@@ -11,7 +11,8 @@ import re
 
 import dagster as dg
 
-SHARDS = dg.DynamicPartitionsDefinition(name="batchgen_shards")
+SHARDS_NAME = "batchgen_shards"
+SHARDS = dg.DynamicPartitionsDefinition(name=SHARDS_NAME)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -54,4 +55,4 @@ def parse_shard_key(key: str) -> tuple[str, int]:
 def job_shard_keys(instance: dg.DagsterInstance, job_name: str) -> list[str]:
     """The registered partition keys of one job's shards."""
     prefix = f"{job_name}/"
-    return [k for k in instance.get_dynamic_partitions(SHARDS.name) if k.startswith(prefix)]
+    return [k for k in instance.get_dynamic_partitions(SHARDS_NAME) if k.startswith(prefix)]

@@ -17,7 +17,7 @@ import dagster as dg
 
 from jobs.assets import generations, shard_plan
 from jobs.config import BatchgenJobConfig
-from jobs.partitions import SHARDS, job_name_from_url
+from jobs.partitions import SHARDS_NAME, job_name_from_url
 from jobs.resources import BatchgenStorage
 from pipeline.config import DataFormat
 from pipeline.storage import InputFile
@@ -91,7 +91,7 @@ def build_input_sensor(job_file: str | None) -> dg.SensorDefinition:
 )
 def pending_shards_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     """One run per registered shard without a materialization, each requested once."""
-    registered = context.instance.get_dynamic_partitions(SHARDS.name)  # type: ignore[arg-type]
+    registered = context.instance.get_dynamic_partitions(SHARDS_NAME)
     done = context.instance.get_materialized_partitions(generations.key)
     requests = [
         dg.RunRequest(run_key=key, partition_key=key) for key in registered if key not in done

@@ -18,7 +18,7 @@ from jobs.checks import (
     read_shard_outcome,
 )
 from jobs.config import BatchgenJobConfig
-from jobs.partitions import SHARDS
+from jobs.partitions import SHARDS_NAME
 from pipeline import read_result_table
 from pipeline.plan import read_plan
 from pipeline.storage import Store
@@ -76,7 +76,7 @@ def materialized(
         key: dg.materialize(
             [generations], partition_key=key, instance=instance, resources=resources
         )
-        for key in instance.get_dynamic_partitions(SHARDS.name)
+        for key in instance.get_dynamic_partitions(SHARDS_NAME)
     }
     return Materialized(instance, resources, root / "out" / JOB, plan, shards, engine_loads.count)
 
@@ -84,7 +84,7 @@ def materialized(
 def test_shard_plan_registers_one_partition_per_shard_and_records_the_job(
     materialized: Materialized,
 ) -> None:
-    assert materialized.instance.get_dynamic_partitions(SHARDS.name) == KEYS
+    assert materialized.instance.get_dynamic_partitions(SHARDS_NAME) == KEYS
     values = metadata_values(materialized.plan, "shard_plan")
     assert values["job_name"] == JOB
     assert values["shards"] == NUM_SHARDS and values["rows"] == len(PROMPTS)
@@ -210,7 +210,7 @@ def test_run_report_sums_the_committed_manifests_of_the_latest_job(
 def test_generations_fails_without_retrying_for_a_job_that_was_never_planned(
     materialized: Materialized,
 ) -> None:
-    materialized.instance.add_dynamic_partitions(SHARDS.name, ["unplanned/00000"])
+    materialized.instance.add_dynamic_partitions(SHARDS_NAME, ["unplanned/00000"])
     try:
         result = dg.materialize(
             [generations],
@@ -220,7 +220,7 @@ def test_generations_fails_without_retrying_for_a_job_that_was_never_planned(
             raise_on_error=False,
         )
     finally:
-        materialized.instance.delete_dynamic_partition(SHARDS.name, "unplanned/00000")
+        materialized.instance.delete_dynamic_partition(SHARDS_NAME, "unplanned/00000")
     assert not result.success
     failures = [e for e in result.all_events if e.is_step_failure]
     assert "no plan is recorded for job 'unplanned'" in str(failures[0].step_failure_data.error)
@@ -249,4 +249,4 @@ def test_replanning_with_fewer_shards_drops_the_stale_partitions(
         resources=materialized.resources,
         run_config=plan_config(fewer),
     )
-    assert instance.get_dynamic_partitions(SHARDS.name) == ["again/00000", "again/00001"]
+    assert instance.get_dynamic_partitions(SHARDS_NAME) == ["again/00000", "again/00001"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from jobs.partitions import SHARDS
+from jobs.partitions import SHARDS_NAME
 from jobs.resources import BatchgenStorage
 from jobs.triggers import build_daily_schedule, build_input_sensor, pending_shards_sensor
 from tests.jobs.conftest import write_prompts
@@ -40,6 +40,7 @@ def test_new_input_sensor_requests_one_plan_run_per_new_file_and_remembers_them(
         assert configs["sub-a"]["input"]["url"].endswith("incoming/sub/a.parquet")
         assert configs["sub-a"]["output"]["url"] == str(out / "sub-a")
         assert configs["a"]["job_file"] == "jobs/template.yaml"
+        assert result.cursor is not None
         assert {r.run_key for r in result.run_requests or []} == set(json.loads(result.cursor))
 
         again = sensor(
@@ -55,7 +56,8 @@ def test_new_input_sensor_requests_one_plan_run_per_new_file_and_remembers_them(
                 instance=instance, cursor=result.cursor, resources={"batchgen_storage": storage}
             )
         )
-        assert [plan_config(r)["name"] for r in later.run_requests] == ["c"]
+        assert isinstance(later, dg.SensorResult) and later.cursor is not None
+        assert [plan_config(r)["name"] for r in later.run_requests or []] == ["c"]
         assert len(json.loads(later.cursor)) == 4
 
 
@@ -71,11 +73,12 @@ def test_new_input_sensor_skips_while_the_prefix_is_empty(tmp_path: Path) -> Non
 
 def test_pending_shards_sensor_requests_each_unmaterialized_shard_once() -> None:
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SHARDS.name, ["j/00000", "j/00001", "j/00002"])
+        instance.add_dynamic_partitions(SHARDS_NAME, ["j/00000", "j/00001", "j/00002"])
         instance.report_runless_asset_event(
             dg.AssetMaterialization(asset_key="generations", partition="j/00001")
         )
         result = pending_shards_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SensorResult)
     requests = result.run_requests or []
     assert [r.partition_key for r in requests] == ["j/00000", "j/00002"]
     assert [r.run_key for r in requests] == ["j/00000", "j/00002"]
