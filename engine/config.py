@@ -197,11 +197,48 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
 
 
+class SpeculativeMethod(enum.Enum):
+    NGRAM = "ngram"  # prompt lookup: continue an earlier occurrence of the latest n-gram
+    DRAFT = "draft"  # a smaller model with the same tokenizer
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding: propose num_speculative_tokens per decoding sequence, verify them
+    in one target pass. It is used only while at most max_batch_size sequences decode: past
+    that a step is compute-bound and verifying rejected drafts costs more than it saves."""
+
+    method: SpeculativeMethod = SpeculativeMethod.NGRAM
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    draft_model: str | None = None
+    max_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, SpeculativeMethod):
+            raise ValueError(f"speculative method must be ngram or draft, got {self.method!r}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError(
+                f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}"
+            )
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(
+                "prompt_lookup_min/prompt_lookup_max must satisfy 1 <= min <= max, got "
+                f"{self.prompt_lookup_min}/{self.prompt_lookup_max}"
+            )
+        if self.method is SpeculativeMethod.DRAFT and not self.draft_model:
+            raise ValueError("draft_model is required when the speculative method is draft")
+        if self.max_batch_size < 0:
+            raise ValueError(f"max_batch_size must be >= 0, got {self.max_batch_size}")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig | None = None
     dtype: torch.dtype = torch.bfloat16
     device: str = "cpu"
     seed: int = 0

@@ -15,6 +15,7 @@ from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
 from engine.models.llama import LlamaForCausalLM
 from engine.output_processor import OutputProcessor
+from engine.spec.proposer import Proposer
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def create_engine(
     output_processor: OutputProcessor,
     eos_token_ids: frozenset[int],
     cuda_graphs: bool = True,
+    proposer: Proposer | None = None,
 ) -> LLMEngine:
     """Size and allocate the KV cache, capture decode graphs (CUDA with Triton kernels only,
     unless BATCHGEN_CUDA_GRAPHS=0), and return a ready engine."""
@@ -132,4 +134,4 @@ def create_engine(
         config.cache.kv_cache_dtype.value,
         "on" if use_graphs else "off",
     )
-    return LLMEngine(config, runner, num_blocks, output_processor, eos_token_ids)
+    return LLMEngine(config, runner, num_blocks, output_processor, eos_token_ids, proposer)

@@ -80,6 +80,14 @@ class KVCacheManager:
             self._cache_full_blocks(seq, num_computed, total)
         return True
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Free seq's trailing blocks that hold none of its first num_tokens tokens (after
+        rejected speculative tokens are rolled back), tail first."""
+        keep = self.blocks_needed(num_tokens)
+        if len(seq.block_ids) > keep:
+            self.pool.free(self.pool.blocks[b] for b in reversed(seq.block_ids[keep:]))
+            del seq.block_ids[keep:]
+
     def free(self, seq: Sequence) -> None:
         """Release seq's blocks, tail first (so its prefix stays cached longest)."""
         self.pool.free(self.pool.blocks[b] for b in reversed(seq.block_ids))

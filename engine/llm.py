@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-from engine.config import CacheConfig, EngineConfig, KVCacheDtype, ModelConfig, SchedulerConfig
+from engine.config import (
+    CacheConfig,
+    EngineConfig,
+    KVCacheDtype,
+    ModelConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+    SpeculativeMethod,
+)
 from engine.errors import RequestError
 from engine.factory import create_engine
 from engine.kernel_set import kernels_for
@@ -22,6 +30,7 @@ from engine.output_processor import OutputProcessor, error_completion
 from engine.outputs import Completion
 from engine.request import Request
 from engine.sampling_params import SamplingParams
+from engine.spec.build import build_proposer
 from engine.tokenizer import PromptEncoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,6 +79,7 @@ class LLM:
         storage_options: dict[str, Any] | None = None,
         cache_dir: Path | None = None,
         cuda_graphs: bool = True,
+        speculative: SpeculativeConfig | Mapping[str, Any] | None = None,
     ) -> None:
         started = time.perf_counter()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,10 +108,12 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
         )
+        spec_config = _speculative_config(speculative)
         self.config = EngineConfig(
             model=model_config,
             cache=cache,
             scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs),
+            speculative=spec_config,
             dtype=torch_dtype,
             device=device,
             seed=seed,
@@ -110,8 +122,13 @@ class LLM:
         net = build_model(
             model_config, source, kernels_for(torch_device), torch_dtype, torch_device
         )
+        proposer = (
+            build_proposer(spec_config, self.config, cache_dir, storage_options)
+            if spec_config is not None
+            else None
+        )
         self.engine = create_engine(
-            self.config, net, OutputProcessor(self.tokenizer), frozenset(eos), cuda_graphs
+            self.config, net, OutputProcessor(self.tokenizer), frozenset(eos), cuda_graphs, proposer
         )
         blocks = self.engine.kv_cache.num_blocks
         self.encoder = PromptEncoder(self.tokenizer)
@@ -234,6 +251,26 @@ class LLM:
         if gen.messages is not None:
             return self.encoder.encode_messages(gen.messages)
         return self.encoder.check_token_ids(gen.prompt_token_ids)
+
+
+def _speculative_config(
+    given: SpeculativeConfig | Mapping[str, Any] | None,
+) -> SpeculativeConfig | None:
+    if given is None or isinstance(given, SpeculativeConfig):
+        return given
+    values = dict(given)
+    if "method" in values:
+        try:
+            values["method"] = SpeculativeMethod(values["method"])
+        except ValueError:
+            raise ValueError(
+                f"speculative method must be ngram or draft, got {values['method']!r}"
+            ) from None
+    if "k" in values:
+        values["num_speculative_tokens"] = values.pop("k")
+    if "model" in values:
+        values["draft_model"] = values.pop("model")
+    return SpeculativeConfig(**values)
 
 
 def _as_request(prompt: Any, params: Any) -> GenerationRequest:

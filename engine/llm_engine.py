@@ -18,7 +18,9 @@ from engine.output_processor import OutputProcessor, error_completion
 from engine.outputs import Completion
 from engine.request import FinishReason, Request, Sequence
 from engine.sampler import Sampler
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
+from engine.spec.decoder import SpeculativeDecoder
+from engine.spec.proposer import Proposer
 
 
 class LLMEngine:
@@ -29,6 +31,7 @@ class LLMEngine:
         num_blocks: int,
         output_processor: OutputProcessor,
         eos_token_ids: frozenset[int],
+        proposer: Proposer | None = None,
     ) -> None:
         self.config = config
         self.runner = runner
@@ -39,6 +42,16 @@ class LLMEngine:
         self.sampler = Sampler(torch.device(config.device), config.seed)
         self.output_processor = output_processor
         self.metrics = RunMetrics(num_blocks=num_blocks)
+        self.speculator: SpeculativeDecoder | None = None
+        if config.speculative is not None:
+            assert proposer is not None, "a speculative config needs a proposer"
+            self.speculator = SpeculativeDecoder(
+                config.speculative,
+                proposer,
+                self.sampler.generator,
+                config.model.max_model_len,
+                self.metrics,
+            )
 
     @property
     def max_model_len(self) -> int:
@@ -87,37 +100,75 @@ class LLMEngine:
     def step(self) -> list[Completion]:
         """Run one step; returns the requests that finished in it."""
         started = time.perf_counter()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         out = self.scheduler.schedule()
         if out.is_empty:
             assert not self.scheduler.running, "running sequences but nothing scheduled"
             return []
         blocks_used = self.kv_cache.pool.num_used_blocks
         logits = self.runner.execute(out)
-        sampling = [c.seq for c in out.chunks if c.sample]
-        sampled = self.sampler(logits, sampling)
-        for seq, logprob in zip(sampling, sampled.logprobs, strict=True):
-            if logprob is not None:
-                seq.logprobs.append(logprob)
-        finished = self.scheduler.update(out, sampled.token_ids)
-        for seq in sampling:
+        sampling = [c for c in out.chunks if c.sample]
+        new_tokens = self._sample(sampling, logits)
+        finished = self.scheduler.update(out, new_tokens)
+        for chunk in sampling:
+            seq = chunk.seq
             if self.output_processor.find_stop_string(seq):
                 if seq.is_finished:
                     seq.finish_reason = FinishReason.STOP
                 else:
                     self.scheduler.finish(seq, FinishReason.STOP)
                     finished.append(seq)
-        self._record(out, len(sampling), blocks_used, started)
+        for seq in finished:
+            if self.speculator is not None:
+                self.speculator.proposer.release(seq)
+        self._record(out, sum(map(len, new_tokens)), blocks_used, started)
         return [self.output_processor.completion(seq) for seq in finished]
 
+    def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[list[int]]:
+        """New tokens per sampling chunk: one sampled token, or for a chunk with drafts the
+        verified tokens. logits rows follow the chunks (1 + len(drafts) rows each)."""
+        if not any(c.draft_token_ids for c in chunks):
+            sampled = self.sampler(logits, [c.seq for c in chunks])
+            for chunk, logprob in zip(chunks, sampled.logprobs, strict=True):
+                if logprob is not None:
+                    chunk.seq.logprobs.append(logprob)
+            return [[t] for t in sampled.token_ids]
+        assert self.speculator is not None
+        plain_rows, spec_rows = [], []
+        plain, spec = [], []
+        row = 0
+        for chunk in chunks:
+            n = 1 + len(chunk.draft_token_ids)
+            if chunk.draft_token_ids:
+                spec.append(chunk)
+                spec_rows.append(logits[row : row + n])
+            else:
+                plain.append(chunk)
+                plain_rows.append(row)
+            row += n
+        results: dict[int, list[int]] = {}
+        if plain:
+            sampled = self.sampler(logits[plain_rows], [c.seq for c in plain])
+            for chunk, token, logprob in zip(
+                plain, sampled.token_ids, sampled.logprobs, strict=True
+            ):
+                results[id(chunk)] = [token]
+                if logprob is not None:
+                    chunk.seq.logprobs.append(logprob)
+        for chunk, tokens in zip(spec, self.speculator.verify(spec, spec_rows), strict=True):
+            results[id(chunk)] = tokens
+        return [results[id(c)] for c in chunks]
+
     def _record(
-        self, out: SchedulerOutput, num_sampled: int, blocks_used: int, started: float
+        self, out: SchedulerOutput, num_generated: int, blocks_used: int, started: float
     ) -> None:
         m = self.metrics
         m.num_steps += 1
         m.num_computed_tokens += out.num_tokens
         m.num_cached_prompt_tokens += out.num_cached_tokens
         m.num_preemptions += len(out.preempted)
-        m.num_generated_tokens += num_sampled
+        m.num_generated_tokens += num_generated
         m.peak_blocks_used = max(m.peak_blocks_used, blocks_used)
         elapsed = time.perf_counter() - started
         if out.num_prefill_tokens:

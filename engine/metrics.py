@@ -20,6 +20,14 @@ class RunMetrics:
     num_blocks: int = 0
     prefill_seconds: float = 0.0  # wall time of steps that ran any prefill tokens
     decode_seconds: float = 0.0  # wall time of steps that only decoded
+    # speculative decoding
+    num_spec_steps: int = 0  # steps that verified drafts
+    num_spec_off_steps: int = 0  # decode steps where the adaptive switch held drafts back
+    num_draft_tokens: int = 0  # proposed and verified
+    num_accepted_tokens: int = 0
+    num_verified_sequences: int = 0  # sequence-steps that verified drafts
+    spec_propose_seconds: float = 0.0
+    spec_verify_seconds: float = 0.0  # rejection sampling (the target pass is in the step time)
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -34,8 +42,23 @@ class RunMetrics:
         seconds = self.prefill_seconds + self.decode_seconds
         return self.num_generated_tokens / seconds if seconds else 0.0
 
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens emitted per sequence per verifying step (accepted drafts + 1)."""
+        if not self.num_verified_sequences:
+            return 0.0
+        return (
+            self.num_accepted_tokens + self.num_verified_sequences
+        ) / self.num_verified_sequences
+
+    @property
+    def draft_acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
         values["generated_tokens_per_second"] = self.generated_tokens_per_second
+        values["mean_acceptance_length"] = self.mean_acceptance_length
+        values["draft_acceptance_rate"] = self.draft_acceptance_rate
         return values

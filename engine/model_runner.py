@@ -82,6 +82,7 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
         seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
         block_ids = seq.block_ids
         batch.input_ids.extend(seq.token_ids[start:end])
+        batch.input_ids.extend(chunk.draft_token_ids)
         batch.positions.extend(range(start, end))
         batch.slot_mapping.extend(
             block_ids[p // block_size] * block_size + p % block_size for p in range(start, end)
@@ -89,8 +90,9 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
         batch.cu_query_lens.append(batch.cu_query_lens[-1] + chunk.num_tokens)
         batch.context_lens.append(end)
         batch.block_tables.append(block_ids)
-        if chunk.sample:
-            batch.logits_indices.append(batch.cu_query_lens[-1] - 1)
+        if chunk.sample:  # a chunk with drafts is scored at every draft and after the last
+            first = batch.cu_query_lens[-1] - 1 - len(chunk.draft_token_ids)
+            batch.logits_indices.extend(range(first, batch.cu_query_lens[-1]))
     return batch
 
 
@@ -147,7 +149,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Run one step; returns fp32 logits [num_sampled, vocab_size] in sampled-chunk order."""
+        """Run one step; returns fp32 logits [num_rows, vocab_size] in chunk order: one row per
+        sampling chunk, 1 + len(drafts) rows for a chunk with drafts."""
         host = build_host_batch(out, self.block_size)
         if self.graphs is not None and host.is_decode_only and self.graphs.fits(host):
             return self.graphs.run(host)

@@ -65,6 +65,7 @@ class Sequence:
     stop_text_end: int | None = None  # where a stop string cut the text
     logprobs: list[TokenLogprob] = field(default_factory=list)
     generator: torch.Generator | None = None  # the sampler seeds it on first use
+    draft_token_ids: list[int] = field(default_factory=list)  # proposed for the next step only
 
     @classmethod
     def from_request(cls, request: Request) -> Sequence:

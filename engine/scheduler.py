@@ -21,15 +21,18 @@ from engine.request import FinishReason, Sequence, SequenceStatus
 
 @dataclass(frozen=True)
 class ScheduledChunk:
-    """seq runs tokens [start, start + num_tokens); sample is True when that reaches its end."""
+    """seq runs positions [start, start + num_tokens): its own tokens, then draft_token_ids
+    (speculative decoding: proposed tokens to verify). sample is True when the chunk reaches
+    the end of the sequence, so the next token(s) get sampled."""
 
     seq: Sequence
     start: int
     num_tokens: int
+    draft_token_ids: tuple[int, ...] = ()
 
     @property
     def sample(self) -> bool:
-        return self.start + self.num_tokens == self.seq.num_tokens
+        return self.start + self.num_tokens == self.seq.num_tokens + len(self.draft_token_ids)
 
 
 @dataclass
@@ -84,12 +87,16 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_real = seq.num_tokens - seq.num_computed_tokens
+            drafts = seq.draft_token_ids if num_real == 1 else []
+            seq.draft_token_ids = []
+            num_new = min(num_real + len(drafts), budget)
             if num_new == 0:
                 continue
+            drafts = drafts[: max(0, num_new - num_real)]
             if not self._allocate_or_preempt(seq, num_new, out):
                 continue
-            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, num_new))
+            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, num_new, tuple(drafts)))
             seq.num_computed_tokens += num_new
             budget -= num_new
         if not out.preempted:
@@ -137,20 +144,29 @@ class Scheduler:
         self.waiting.appendleft(seq)
         out.preempted.append(seq)
 
-    def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
-        """Append one sampled token to each chunk with sample=True (in chunk order), apply the
-        stop rules that need no text (max_tokens, EOS, stop token ids), and return the sequences
-        that finished. Must follow the schedule() that produced out, before the next one."""
+    def update(self, out: SchedulerOutput, sampled_token_ids: list[list[int]]) -> list[Sequence]:
+        """Append the new tokens of each chunk with sample=True (in chunk order: one token, or
+        for a chunk with drafts the accepted drafts plus one), roll back the KV of rejected
+        drafts (freeing blocks left empty), apply the stop rules that need no text
+        (max_tokens, EOS, stop token ids; tokens after a stop are dropped), and return the
+        sequences that finished. Must follow the schedule() that produced out."""
         finished = []
         sampling = [c for c in out.chunks if c.sample]
         assert len(sampling) == len(sampled_token_ids)
-        for chunk, token_id in zip(sampling, sampled_token_ids, strict=True):
+        for chunk, token_ids in zip(sampling, sampled_token_ids, strict=True):
             seq = chunk.seq
-            seq.token_ids.append(token_id)
-            reason = self._stop_reason(seq, token_id)
-            if reason is not None:
-                self.finish(seq, reason)
-                finished.append(seq)
+            num_rejected = len(chunk.draft_token_ids) - (len(token_ids) - 1)
+            assert 0 <= num_rejected <= len(chunk.draft_token_ids)
+            if chunk.draft_token_ids:
+                seq.num_computed_tokens -= num_rejected
+                self.kv_cache.trim(seq, seq.num_computed_tokens)
+            for token_id in token_ids:
+                seq.token_ids.append(token_id)
+                reason = self._stop_reason(seq, token_id)
+                if reason is not None:
+                    self.finish(seq, reason)
+                    finished.append(seq)
+                    break
         return finished
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:

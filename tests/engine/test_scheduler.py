@@ -16,7 +16,7 @@ def make_seq(num_prompt, request_id, max_tokens=4, first_token=100):
 def run_step(sched, token=7):
     """Schedule, then feed every sampling chunk the same token (a scripted model)."""
     out = sched.schedule()
-    sampled = [token for c in out.chunks if c.sample]
+    sampled = [[token] for c in out.chunks if c.sample]
     finished = sched.update(out, sampled)
     return out, finished
 

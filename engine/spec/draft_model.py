@@ -1,0 +1,161 @@
+"""A draft model proposer: a smaller model with the target's tokenizer, its own paged KV cache,
+run by the same model runner. It mirrors each target sequence: before proposing, it rolls its
+own state back to the longest prefix it shares with the target's tokens (dropping rejected
+drafts), catches up on the tokens it has not seen, then samples k drafts one step at a time."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import CacheConfig, EngineConfig, ModelConfig
+from engine.kernel_set import kernels_for
+from engine.kv_cache_manager import KVCacheManager
+from engine.loader import build_model, load_hf_config, resolve_model_source
+from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
+from engine.models.llama import LlamaForCausalLM
+from engine.request import Request, Sequence
+from engine.scheduler import ScheduledChunk, SchedulerOutput
+from engine.spec.proposer import Proposal
+from engine.spec.rejection_sampler import processed_probs
+
+logger = logging.getLogger(__name__)
+
+
+class DraftModelProposer:
+    def __init__(
+        self, model: LlamaForCausalLM, num_blocks: int, block_size: int, device: torch.device
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        cache = CacheConfig(
+            block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=False
+        )
+        kv = allocate_kv_caches(
+            model.config, cache, num_blocks, model.embed_tokens_weight.dtype, device
+        )
+        self.runner = ModelRunner(model, kv, block_size, device)
+        self.kv_cache = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.states: dict[int, Sequence] = {}  # id(target sequence) -> the draft's mirror
+        self.generator = torch.Generator(device=device).manual_seed(0x5EED)
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        target: EngineConfig,
+        cache_dir: Path | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> DraftModelProposer:
+        """Load the draft model beside the target; the vocabularies must match."""
+        source = resolve_model_source(model, cache_dir, storage_options)
+        config = ModelConfig.from_hf_config(load_hf_config(source))
+        if config.vocab_size != target.model.vocab_size:
+            raise ValueError(
+                f"draft model vocab_size {config.vocab_size} differs from the target's "
+                f"{target.model.vocab_size}: they must share a tokenizer"
+            )
+        device = torch.device(target.device)
+        net = build_model(config, source, kernels_for(device), target.dtype, device)
+        assert target.speculative is not None
+        block_size = target.cache.block_size
+        per_seq = -(-min(config.max_model_len, target.model.max_model_len) // block_size)
+        wanted = max(1, target.speculative.max_batch_size) * per_seq
+        per_block = kv_bytes_per_block(config, CacheConfig(block_size=block_size), target.dtype)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = int(free * 0.1)
+        else:
+            budget = target.cache.cpu_kv_cache_bytes // 2
+        num_blocks = max(1, min(wanted, budget // per_block))
+        logger.info("draft model %s: %d KV blocks", model, num_blocks)
+        return cls(net, num_blocks, block_size, device)
+
+    def release(self, seq: Sequence) -> None:
+        state = self.states.pop(id(seq), None)
+        if state is not None:
+            self.kv_cache.free(state)
+
+    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> Proposal:
+        drafts: list[list[int]] = [[] for _ in seqs]
+        probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        want_probs = any(not s.request.sampling_params.greedy for s in seqs)
+        states = [self._sync(seq) for seq in seqs]
+        active = [i for i, k in enumerate(num_tokens) if k > 0 and states[i] is not None]
+        step = 0
+        while active:
+            out = SchedulerOutput()
+            ran = []
+            for i in active:
+                state = states[i]
+                assert state is not None
+                n = state.num_tokens - state.num_computed_tokens
+                if not self.kv_cache.allocate_slots(state, n):
+                    continue  # the draft cache is full: stop proposing for this sequence
+                out.chunks.append(ScheduledChunk(state, state.num_computed_tokens, n))
+                state.num_computed_tokens += n
+                ran.append(i)
+            if not ran:
+                break
+            logits = self.runner.execute(out)
+            seq_list = [seqs[i] for i in ran]
+            tokens, rows = self._sample(logits, seq_list, want_probs)
+            for j, i in enumerate(ran):
+                drafts[i].append(tokens[j])
+                states[i].token_ids.append(tokens[j])  # type: ignore[union-attr]
+                if rows is not None:
+                    probs[i].append(rows[j])
+            step += 1
+            active = [i for i in ran if len(drafts[i]) < num_tokens[i]]
+        stacked = None
+        if want_probs:
+            vocab = self.model.config.vocab_size
+            stacked = [
+                torch.stack(p) if p else torch.zeros((0, vocab), device=self.device) for p in probs
+            ]
+        return Proposal(drafts, stacked)
+
+    def _sync(self, seq: Sequence) -> Sequence | None:
+        """The draft's mirror of seq, rolled back to their longest common prefix and holding
+        seq's tokens (the uncomputed ones are caught up by the next draft step)."""
+        state = self.states.get(id(seq))
+        if state is None:
+            request = Request(
+                seq.request.request_id, seq.request.prompt_token_ids, seq.request.sampling_params
+            )
+            state = Sequence.from_request(request)
+            self.states[id(seq)] = state
+        common = 0
+        limit = min(len(state.token_ids), len(seq.token_ids), state.num_computed_tokens)
+        while common < limit and state.token_ids[common] == seq.token_ids[common]:
+            common += 1
+        state.num_computed_tokens = common
+        state.token_ids = list(seq.token_ids)
+        self.kv_cache.trim(state, common)
+        return state
+
+    def _sample(
+        self, logits: torch.Tensor, seqs: list[Sequence], want_probs: bool
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Greedy requests take the draft's argmax; others sample its processed distribution."""
+        greedy = torch.tensor(
+            [s.request.sampling_params.greedy for s in seqs], device=logits.device
+        )
+        tokens = logits.argmax(dim=-1)
+        rows = None
+        if want_probs:
+            rows = processed_probs(logits, seqs, 1)
+            noise = torch.empty_like(rows).exponential_(generator=self.generator)
+            for i, seq in enumerate(seqs):
+                state = self.states[id(seq)]
+                seed = seq.request.sampling_params.seed
+                if seed is not None:
+                    if state.generator is None:  # seeded apart from the target's stream
+                        state.generator = torch.Generator(device=logits.device).manual_seed(seed ^ 0x5EED)
+                    noise[i].exponential_(generator=state.generator)
+            tokens = torch.where(greedy, tokens, (rows / noise).argmax(dim=-1))
+        return tokens.tolist(), rows

@@ -1,0 +1,177 @@
+"""Speculative decoding: proposers, the rejection sampler's distribution, and greedy outputs
+identical with speculation on and off (with chunked prefill, prefix hits and preemption)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from engine.config import SpeculativeConfig
+from engine.kv_cache_manager import KVCacheManager
+from engine.request import Request, Sequence
+from engine.spec.ngram import NgramProposer
+from engine.spec.rejection_sampler import RejectionSampler
+from tests.engine import tiny_models as tm
+
+CHI2_CRITICAL_DF4 = 18.47  # p = 0.001
+
+
+def seq_of(tokens, params=None, request_id=0):
+    return Sequence.from_request(Request(request_id, tuple(tokens), params or SamplingParams()))
+
+
+def test_ngram_proposes_the_continuation_of_the_latest_earlier_occurrence():
+    proposer = NgramProposer(min_n=2, max_n=3)
+    seq = seq_of([1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3])
+    assert proposer.propose([seq], [3]).token_ids == [[7, 8, 5]]
+
+
+def test_ngram_prefers_the_longest_match_and_proposes_nothing_without_one():
+    proposer = NgramProposer(min_n=1, max_n=3)
+    seq = seq_of(
+        [4, 2, 3, 6, 1, 2, 3, 5, 2, 3]
+    )  # "2 3" occurs at 1 and 5; "1 2 3" never ends the seq
+    assert proposer.propose([seq], [2]).token_ids == [[5, 2]]
+    assert NgramProposer(2, 3).propose([seq_of([1, 2, 3, 4])], [4]).token_ids == [[]]
+
+
+def test_trim_frees_blocks_left_empty_by_rejected_drafts():
+    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
+    seq = seq_of(range(6))
+    assert kv.allocate_slots(seq, 10)  # 6 real + 4 drafts: 3 blocks
+    assert seq.block_ids == [0, 1, 2]
+    kv.trim(seq, 7)
+    assert seq.block_ids == [0, 1]
+    assert kv.pool.free_block_ids()[-1] == 2
+
+
+def _chi2(counts, expected):
+    support = expected > 0
+    assert torch.all(counts[~support] == 0)
+    return float(((counts[support] - expected[support]) ** 2 / expected[support]).sum())
+
+
+@pytest.mark.parametrize("draft_kind", ["sampled_from_draft", "one_hot"])
+def test_rejection_sampler_output_follows_the_target_distribution(draft_kind):
+    """First emitted token ~ target_probs[0] and, given a first accepted draft, the second
+    ~ target_probs[1], whatever the draft distribution."""
+    torch.manual_seed(0)
+    vocab, num = 5, 40000
+    target_logits = torch.tensor(
+        [[1.0, 0.2, -0.5, 0.7, 0.0], [0.1, 1.5, 0.3, -1.0, 0.4], [0.0] * 5]
+    )
+    target_probs = target_logits.softmax(-1)
+    draft_probs = torch.tensor([[0.05, 0.6, 0.05, 0.1, 0.2], [0.3, 0.1, 0.4, 0.1, 0.1]])
+    if draft_kind == "one_hot":
+        drafts = torch.tensor([[3, 1]]).repeat(num, 1)
+        probs_arg = None
+    else:
+        drafts = torch.stack(
+            [torch.multinomial(draft_probs[i], num, replacement=True) for i in range(2)], 1
+        )
+        probs_arg = draft_probs.unsqueeze(0).repeat(num, 1, 1)
+    params = SamplingParams(temperature=1.0)
+    seqs = [seq_of([1], params, i) for i in range(num)]
+    sampler = RejectionSampler(torch.Generator().manual_seed(1))
+    out = sampler(target_logits.unsqueeze(0).repeat(num, 1, 1), drafts.tolist(), seqs, probs_arg)
+    first = torch.tensor([t[0] for t in out.token_ids])
+    counts = torch.bincount(first, minlength=vocab).double()
+    assert _chi2(counts, target_probs[0].double() * num) < CHI2_CRITICAL_DF4
+    second = torch.tensor(
+        [t[1] for t, a in zip(out.token_ids, out.num_accepted, strict=True) if a >= 1]
+    )
+    counts2 = torch.bincount(second, minlength=vocab).double()
+    assert _chi2(counts2, target_probs[1].double() * len(second)) < CHI2_CRITICAL_DF4
+
+
+def test_greedy_rejection_accepts_exactly_the_target_argmax():
+    logits = torch.tensor([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])
+    sampler = RejectionSampler(torch.Generator().manual_seed(0))
+    seq = seq_of([1], SamplingParams(temperature=0))
+    assert sampler(logits, [[1, 0]], [seq]).token_ids == [[1, 0, 2]]  # both accepted + bonus
+    assert sampler(logits, [[1, 2]], [seq]).token_ids == [[1, 0]]  # second rejected, recovered
+    assert sampler(logits, [[2, 0]], [seq]).token_ids == [[1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    target = tmp_path_factory.mktemp("target")
+    draft = tmp_path_factory.mktemp("draft")
+    tm.make_tiny_model("qwen2", target, seed=0)
+    tm.make_tiny_model("qwen2", draft, seed=1)
+    return target, draft
+
+
+def copy_heavy_prompts():
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(10, 500, (16,), generator=g).tolist()  # shared: prefix-cache hits
+    prompts = []
+    for n in (8, 12, 20, 5, 16, 9):
+        body = torch.randint(10, 500, (n,), generator=g).tolist()
+        prompts.append(prefix + body * 3)
+    return prompts
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_greedy_outputs_are_identical_with_speculation_on_and_off(tiny_pair, method):
+    target, draft = tiny_pair
+    prompts = copy_heavy_prompts()
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    engine_args = dict(dtype="float32", block_size=4, num_blocks=44, max_num_batched_tokens=24)
+    reference = LLM(str(target), **engine_args).generate(prompts, params, use_tqdm=False)
+    spec = (
+        {"method": method, "k": 3, "model": str(draft)}
+        if method == "draft"
+        else {"method": "ngram", "k": 4, "prompt_lookup_min": 1}
+    )
+    llm = LLM(str(target), speculative=spec, **engine_args)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    m = llm.metrics
+    assert m.num_spec_steps > 0 and m.num_draft_tokens > 0
+    assert m.num_preemptions > 0 and m.num_cached_prompt_tokens > 0
+    assert m.num_steps > len(prompts[0]) // 24  # prompts were chunked
+    assert llm.engine.kv_cache.pool.num_used_blocks == 0
+
+
+def test_adaptive_switch_turns_speculation_off_for_large_batches(tiny_pair):
+    target, _ = tiny_pair
+    prompts = copy_heavy_prompts()
+    llm = LLM(
+        str(target),
+        dtype="float32",
+        speculative=SpeculativeConfig(num_speculative_tokens=3, max_batch_size=2),
+    )
+    llm.generate(
+        prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False
+    )
+    m = llm.metrics
+    assert m.num_spec_off_steps > 0  # six sequences decoding: off
+    assert m.num_spec_steps == 0
+
+
+def test_seeded_sampling_with_speculation_is_reproducible(tiny_pair):
+    target, draft = tiny_pair
+    llm = LLM(
+        str(target), dtype="float32", speculative={"method": "draft", "model": str(draft), "k": 3}
+    )
+    params = SamplingParams(max_tokens=16, temperature=0.9, seed=11, ignore_eos=True)
+    first = llm.generate(copy_heavy_prompts(), params, use_tqdm=False)
+    second = llm.generate(copy_heavy_prompts(), params, use_tqdm=False)
+    assert [o.token_ids for o in first] == [o.token_ids for o in second]
+    assert all(len(o.token_ids) == 16 for o in first)
+
+
+def test_greedy_smollm2_is_identical_with_ngram_speculation(smollm2_dir):
+    text = (
+        "Fix the typos: The quick brwon fox jumpd over the lazzy dog, and the dog barkd at the "
+        "fox all nigth long."
+    )
+    prompts = [[{"role": "user", "content": text}], "Repeat exactly: " + text]
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    reference = LLM(str(smollm2_dir), dtype="float32").generate(prompts, params, use_tqdm=False)
+    llm = LLM(str(smollm2_dir), dtype="float32", speculative={"method": "ngram", "k": 4})
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    assert llm.metrics.num_accepted_tokens > 0
