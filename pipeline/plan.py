@@ -234,11 +234,15 @@ def read_plan(store: Store) -> Plan | None:
 
 
 def ensure_plan(
-    config: JobConfig, store: Store, tokenizer_factory: Callable[[], Any] | None = None
+    config: JobConfig,
+    store: Store | None = None,
+    tokenizer_factory: Callable[[], Any] | None = None,
 ) -> Plan:
     """The job's plan: the stored one if it matches this job and input, else a new one written
-    put-if-absent. With config.output.overwrite, any stored plan is replaced.
+    put-if-absent. With config.output.overwrite, any stored plan is replaced. This is what an
+    orchestrator calls once before running shards (each `run_shard` takes a `ShardPlan`).
     ValueError when the output holds another job's plan or the input changed since."""
+    store = store or Store(config.output.url, config.storage_options)
     if config.output.overwrite:
         store.delete(PLAN_FILE)
     else:

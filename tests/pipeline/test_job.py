@@ -373,3 +373,16 @@ def test_plan_predicts_prefix_hits_and_dedup_without_loading_weights(
     assert stats.num_prompt_tokens == sum(len(e) for e in encoded)
     assert stats.num_predicted_cached_tokens == 7 * (shared // 16) * 16
     assert stats.predicted_hit_rate > 0.3
+
+
+def test_logprobs_are_stored_per_generated_token_when_asked(llm, job_config, tmp_path: Path):
+    pq.write_table(pa.table({"prompt": ["Say hi.", "Name a tree."]}), tmp_path / "in.parquet")
+    config = job_config(
+        str(tmp_path / "in.parquet"),
+        str(tmp_path / "out"),
+        sampling={"logprobs": 0, "max_tokens": 3},
+    )
+    run_job(config, llm=llm)
+    for row in read_result_table(str(tmp_path / "out")).to_pylist():
+        assert len(row["logprobs"]) == row["num_generated_tokens"] > 0
+        assert all(lp <= 0.0 for lp in row["logprobs"])
