@@ -186,12 +186,14 @@ class LLM:
         """Yield a Completion per request as each finishes (not in input order; Completion.index
         is the request's position in the iterator and request_id defaults to it). At most
         max_pending requests (default 4 * max_num_seqs) are held at once, so the input may be
-        endless or far larger than memory."""
+        endless or far larger than memory. Closing the iterator early (or an exception in the
+        caller's loop) drops the requests still in flight, so the next stream starts clean."""
         limit = max_pending or 4 * self.config.scheduler.max_num_seqs
         source = iter(requests)
         counter = itertools.count()
         exhausted = False
         progress = _Progress(total, use_tqdm)
+        finished = False
         try:
             while True:
                 while not exhausted and self.engine.num_unfinished < limit:
@@ -205,6 +207,7 @@ class LLM:
                         yield error
                 if self.engine.num_unfinished == 0:
                     if exhausted:
+                        finished = True
                         return
                     continue
                 for completion in self.engine.step():
@@ -212,6 +215,10 @@ class LLM:
                     yield completion
         finally:
             progress.close()
+            if not finished:  # abandoned (closed early or an exception): drop what it queued
+                aborted = self.engine.abort_all()
+                if aborted:
+                    logger.info("stream closed early: %d unfinished requests dropped", aborted)
 
     def _submit(self, gen: GenerationRequest, index: int) -> Completion | None:
         request_id = index if gen.request_id is None else gen.request_id

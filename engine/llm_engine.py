@@ -97,6 +97,16 @@ class LLMEngine:
             )
         return None
 
+    def abort_all(self) -> int:
+        """Drop every unfinished request (their blocks go back to the pool); returns how many.
+        Used when a caller abandons a stream."""
+        seqs = list(self.scheduler.waiting) + list(self.scheduler.running)
+        for seq in seqs:
+            self.scheduler.abort(seq)
+            if self.speculator is not None:
+                self.speculator.proposer.release(seq)
+        return len(seqs)
+
     def step(self) -> list[Completion]:
         """Run one step; returns the requests that finished in it."""
         started = time.perf_counter()

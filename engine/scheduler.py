@@ -169,6 +169,16 @@ class Scheduler:
                     break
         return finished
 
+    def abort(self, seq: Sequence) -> None:
+        """Remove an unfinished sequence, waiting or running, and free its blocks."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+            self.kv_cache.free(seq)
+            seq.status = SequenceStatus.FINISHED
+            seq.finish_reason = FinishReason.ERROR
+        else:
+            self.finish(seq, FinishReason.ERROR)
+
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End a running sequence now and free its blocks (idempotent)."""
         if seq.is_finished:

@@ -185,3 +185,16 @@ def test_chat_messages_go_through_the_chat_template(smol):
     )
     assert smol.tokenizer.decode(list(out.prompt_token_ids)) == expected
     assert out.ok and out.text
+
+
+def test_closing_a_stream_early_drops_its_unfinished_requests(tiny_llm):
+    requests = (GenerationRequest(prompt_token_ids=[5 + i, 6, 7], request_id=i) for i in range(20))
+    stream = tiny_llm.stream(requests, max_pending=8)
+    next(stream)
+    stream.close()
+    assert tiny_llm.engine.num_unfinished == 0
+    assert tiny_llm.engine.kv_cache.pool.num_used_blocks == 0
+    outs = tiny_llm.generate(
+        [[5, 6, 7]], SamplingParams(max_tokens=2, temperature=0), use_tqdm=False
+    )
+    assert outs[0].ok and outs[0].index == 0
