@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,4,16,64,256")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     configs: dict[str, dict | None] = {
@@ -132,7 +133,12 @@ def main() -> None:
     results: dict = {}
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         prompts = make_prompts(b)
-        row = {name: run(llm, prompts, args.max_tokens) for name, llm in engines.items()}
+        row: dict[str, dict] = {}
+        for _ in range(args.repeats):  # alternate configs; keep each one's fastest run
+            for name, llm in engines.items():
+                r = run(llm, prompts, args.max_tokens)
+                if name not in row or r["out_tok_s"] > row[name]["out_tok_s"]:
+                    row[name] = r
         base = row["off"]
         base_ids = base["token_ids"]
         for name, r in row.items():

@@ -124,9 +124,12 @@ def create_engine(
     )
     if use_graphs:
         max_blocks = -(-config.model.max_model_len // config.cache.block_size)
-        runner.enable_cuda_graphs(
-            min(config.scheduler.max_num_seqs, MAX_GRAPH_BATCH_SIZE), max_blocks
-        )
+        families = [(1, min(config.scheduler.max_num_seqs, MAX_GRAPH_BATCH_SIZE))]
+        spec = config.speculative
+        if spec is not None and spec.max_batch_size > 0:
+            verify_batch = min(config.scheduler.max_num_seqs, spec.max_batch_size)
+            families.append((spec.num_speculative_tokens + 1, verify_batch))
+        runner.enable_cuda_graphs(families, max_blocks)
     logger.info(
         "KV cache: %d blocks of %d tokens (%s), CUDA graphs %s",
         num_blocks,

@@ -16,7 +16,7 @@ from engine.models.llama import LlamaForCausalLM
 from engine.scheduler import SchedulerOutput
 
 if TYPE_CHECKING:
-    from engine.cuda_graphs import DecodeGraphs
+    from engine.cuda_graphs import StepGraphs
 
 
 def kv_bytes_per_block(model: ModelConfig, cache: CacheConfig, dtype: torch.dtype) -> int:
@@ -71,10 +71,6 @@ class HostBatch:
     context_lens: list[int]
     logits_indices: list[int]
 
-    @property
-    def is_decode_only(self) -> bool:
-        return len(self.input_ids) == len(self.context_lens) == len(self.logits_indices)
-
 
 def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
     batch = HostBatch([], [], [], [], [0], [], [])
@@ -117,14 +113,20 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        self.graphs: DecodeGraphs | None = None  # set by enable_cuda_graphs
+        self.graphs: list[StepGraphs] = []  # by query length, set by enable_cuda_graphs
 
-    def enable_cuda_graphs(self, max_batch_size: int, max_blocks_per_seq: int) -> None:
-        from engine.cuda_graphs import DecodeGraphs
+    def enable_cuda_graphs(self, families: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
+        """Capture graphs for each (query_len, max_batch_size) family: (1, B) for decode steps,
+        (k + 1, B') for speculative verify steps."""
+        from engine.cuda_graphs import StepGraphs
 
-        graphs = DecodeGraphs(self.model, self.kv_caches, max_batch_size, max_blocks_per_seq)
-        graphs.capture()
-        self.graphs = graphs
+        pool = None
+        for query_len, max_batch_size in sorted(families):
+            graphs = StepGraphs(
+                self.model, self.kv_caches, max_batch_size, max_blocks_per_seq, query_len, pool
+            )
+            pool = graphs.capture()
+            self.graphs.append(graphs)
 
     def prepare(self, host: HostBatch) -> ForwardBatch:
         """Copy a host batch to the device as a ForwardBatch."""
@@ -152,8 +154,13 @@ class ModelRunner:
         """Run one step; returns fp32 logits [num_rows, vocab_size] in chunk order: one row per
         sampling chunk, 1 + len(drafts) rows for a chunk with drafts."""
         host = build_host_batch(out, self.block_size)
-        if self.graphs is not None and host.is_decode_only and self.graphs.fits(host):
-            return self.graphs.run(host)
+        if self.graphs and all(
+            c.sample and c.num_tokens == 1 + len(c.draft_token_ids) for c in out.chunks
+        ):  # every sequence is decoding (maybe with drafts): a uniform step
+            query_lens = [c.num_tokens for c in out.chunks]
+            for graphs in self.graphs:
+                if graphs.fits(host, query_lens):
+                    return graphs.run(host, query_lens)
         batch = self.prepare(host)
         hidden = self.model(batch, self.kv_caches)
         return self.model.compute_logits(hidden)

@@ -155,7 +155,9 @@ class DraftModelProposer:
                 seed = seq.request.sampling_params.seed
                 if seed is not None:
                     if state.generator is None:  # seeded apart from the target's stream
-                        state.generator = torch.Generator(device=logits.device).manual_seed(seed ^ 0x5EED)
+                        state.generator = torch.Generator(device=logits.device).manual_seed(
+                            seed ^ 0x5EED
+                        )
                     noise[i].exponential_(generator=state.generator)
             tokens = torch.where(greedy, tokens, (rows / noise).argmax(dim=-1))
         return tokens.tolist(), rows

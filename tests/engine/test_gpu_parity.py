@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+)
 from engine.factory import create_engine
 from engine.kernel_set import kernels_for
 from engine.loader import load_weights
@@ -14,6 +20,7 @@ from engine.models.llama import LlamaForCausalLM
 from engine.output_processor import OutputProcessor
 from engine.request import Request
 from engine.sampling_params import SamplingParams
+from engine.spec.ngram import NgramProposer
 
 pytestmark = pytest.mark.gpu
 
@@ -125,3 +132,59 @@ def test_logits_match_transformers_after_a_prefix_cache_hit():
         completions += config_engine.step()
     assert all(c.num_cached_tokens == 160 for c in completions if c.request_id >= 100)
     _check(hf, seen)
+
+
+def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
+    cfg, hf, ours = _models()
+    config = EngineConfig(
+        model=cfg,
+        cache=CacheConfig(block_size=16, num_blocks=512),
+        scheduler=SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=16),
+        speculative=SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1),
+        dtype=torch.bfloat16,
+        device="cuda",
+    )
+    engine = create_engine(
+        config, ours, OutputProcessor(None), frozenset(), proposer=NgramProposer(1, 3)
+    )
+    graph_runs = []
+    for graphs in engine.runner.graphs:
+        original = graphs.run
+
+        def counting_run(host, query_lens, _run=original, _q=graphs.query_len):
+            graph_runs.append(_q)
+            return _run(host, query_lens)
+
+        graphs.run = counting_run
+    seen = []
+    execute = engine.runner.execute
+
+    def recording_execute(out):
+        logits = execute(out)
+        row = 0
+        for chunk in out.chunks:
+            if not chunk.sample:
+                continue
+            tokens = list(chunk.seq.token_ids) + list(chunk.draft_token_ids)
+            for j in range(1 + len(chunk.draft_token_ids)):
+                cut = len(tokens) - len(chunk.draft_token_ids) + j
+                seen.append((tokens[:cut], logits[row].float().cpu()))
+                row += 1
+        return logits
+
+    engine.runner.execute = recording_execute
+    g = torch.Generator().manual_seed(3)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    for i in range(4):
+        pattern = torch.randint(10, 32000, (6,), generator=g).tolist()
+        engine.add_request(Request(i, tuple(pattern * 5), params, arrival_index=i))
+    while engine.num_unfinished:
+        engine.step()
+    assert engine.metrics.num_spec_steps > 0
+    assert 4 in graph_runs  # verify steps (k + 1 = 4 query tokens) replayed a graph
+    worst = 0.0
+    for token_ids, row in seen:
+        with torch.no_grad():
+            ref = hf(torch.tensor([token_ids], device="cuda")).logits[0, -1].float().cpu()
+        worst = max(worst, float((row - ref).norm() / ref.norm()))
+    assert worst < REL_TOL, worst
