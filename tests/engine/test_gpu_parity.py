@@ -24,7 +24,7 @@ from engine.spec.ngram import NgramProposer
 
 pytestmark = pytest.mark.gpu
 
-REL_TOL = 2e-2  # bf16 end to end through 4 layers
+REL_TOL = 3e-2  # bf16 end to end through 4 layers, relative to an fp32 run of the same weights
 
 
 def _models():
@@ -53,13 +53,16 @@ def _models():
     )
     torch.manual_seed(0)
     with torch.device("cuda"):
-        hf = HFLlama(hf_cfg).to(torch.bfloat16).eval()
+        hf32 = HFLlama(hf_cfg).eval()
+        hf = HFLlama(hf_cfg).eval()
+    hf.load_state_dict(hf32.state_dict())
+    hf = hf.to(torch.bfloat16)
     cfg = ModelConfig.from_hf_config(hf_cfg)
     ours = LlamaForCausalLM(
         cfg, kernels_for(torch.device("cuda")), torch.bfloat16, torch.device("cuda")
     )
     load_weights(ours, iter(hf.state_dict().items()))
-    return cfg, hf, ours
+    return cfg, (hf, hf32), ours
 
 
 def _run(cfg, model, prompts, max_tokens, budget):
@@ -94,15 +97,22 @@ def _run(cfg, model, prompts, max_tokens, budget):
     return seen, completions, engine
 
 
-def _check(hf, seen):
-    worst = 0.0
-    for steps in seen.values():
-        for token_ids, ours in steps:
-            with torch.no_grad():
-                ref = hf(torch.tensor([token_ids], device="cuda")).logits[0, -1].float().cpu()
-            err = float((ours - ref).norm() / ref.norm())
-            worst = max(worst, err)
-    assert worst < REL_TOL, worst
+def _check(hfs, seen):
+    """transformers in bf16 rounds rope's cos/sin to bf16 and drifts from fp32 as positions
+    grow; the engine keeps rope in fp32. So: ours must be within bf16 tolerance of the fp32
+    run, and no further from transformers' bf16 logits than those are from fp32 plus that
+    tolerance."""
+    hf, hf32 = hfs
+    for token_ids, ours in seen:
+        ids = torch.tensor([token_ids], device="cuda")
+        with torch.no_grad():
+            ref16 = hf(ids).logits[0, -1].float().cpu()
+            ref32 = hf32(ids).logits[0, -1].float().cpu()
+        vs32 = float((ours - ref32).norm() / ref32.norm())
+        vs16 = float((ours - ref16).norm() / ref16.norm())
+        hf_drift = float((ref16 - ref32).norm() / ref32.norm())
+        assert vs32 < REL_TOL, (len(token_ids), vs32)
+        assert vs16 < hf_drift + REL_TOL, (len(token_ids), vs16, hf_drift)
 
 
 def test_prefill_and_graph_decode_logits_match_transformers_after_chunked_prefill():
@@ -114,7 +124,7 @@ def test_prefill_and_graph_decode_logits_match_transformers_after_chunked_prefil
     seen, completions, engine = _run(cfg, ours, prompts, max_tokens=6, budget=64)
     assert engine.runner.graphs is not None
     assert all(len(c.token_ids) == 6 for c in completions)
-    _check(hf, seen)
+    _check(hf, [step for steps in seen.values() for step in steps])
 
 
 def test_logits_match_transformers_after_a_prefix_cache_hit():
@@ -131,7 +141,7 @@ def test_logits_match_transformers_after_a_prefix_cache_hit():
     while config_engine.num_unfinished:
         completions += config_engine.step()
     assert all(c.num_cached_tokens == 160 for c in completions if c.request_id >= 100)
-    _check(hf, seen)
+    _check(hf, [step for steps in seen.values() for step in steps])
 
 
 def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
@@ -182,9 +192,4 @@ def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
         engine.step()
     assert engine.metrics.num_spec_steps > 0
     assert 4 in graph_runs  # verify steps (k + 1 = 4 query tokens) replayed a graph
-    worst = 0.0
-    for token_ids, row in seen:
-        with torch.no_grad():
-            ref = hf(torch.tensor([token_ids], device="cuda")).logits[0, -1].float().cpu()
-        worst = max(worst, float((row - ref).norm() / ref.norm()))
-    assert worst < REL_TOL, worst
+    _check(hf, seen)
