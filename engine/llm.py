@@ -108,7 +108,7 @@ class LLM:
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
         )
-        spec_config = _speculative_config(speculative)
+        spec_config = speculative_config(speculative)
         self.config = EngineConfig(
             model=model_config,
             cache=cache,
@@ -260,9 +260,11 @@ class LLM:
         return self.encoder.check_token_ids(gen.prompt_token_ids)
 
 
-def _speculative_config(
+def speculative_config(
     given: SpeculativeConfig | Mapping[str, Any] | None,
 ) -> SpeculativeConfig | None:
+    """The config a job file or caller gives ({method, model, k, ...} or the dataclass);
+    `k` and `model` are short for num_speculative_tokens and draft_model."""
     if given is None or isinstance(given, SpeculativeConfig):
         return given
     values = dict(given)

@@ -6,7 +6,7 @@ Numbers are `MetadataValue.int`/`float`, so the UI plots them per partition and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import dagster as dg
@@ -43,7 +43,13 @@ def plan_metadata(name: str, job: JobConfig, plan: Plan, keys: Sequence[str]) ->
 def report_from_manifest(manifest: Mapping[str, Any]) -> ShardReport:
     """The ShardReport stored in a manifest (the run that completed the shard)."""
     values = manifest["report"]
-    return ShardReport(**{f.name: values[f.name] for f in fields(ShardReport)})
+    return ShardReport(
+        **{
+            f.name: values[f.name]
+            for f in fields(ShardReport)
+            if f.name in values or f.default is MISSING
+        }
+    )
 
 
 def shard_metadata(report: ShardReport, outcome: ShardOutcome, output_url: str) -> Metadata:
@@ -66,6 +72,11 @@ def shard_metadata(report: ShardReport, outcome: ShardOutcome, output_url: str) 
         "predicted_hit_rate": dg.MetadataValue.float(report.predicted_hit_rate),
         "dedup_ratio": dg.MetadataValue.float(report.dedup_ratio),
         "preemptions": dg.MetadataValue.int(report.num_preemptions),
+        "spec_acceptance_length": dg.MetadataValue.float(report.mean_acceptance_length),
+        "spec_draft_tokens": dg.MetadataValue.int(report.num_draft_tokens),
+        "spec_accepted_tokens": dg.MetadataValue.int(report.num_accepted_tokens),
+        "kv_peak_blocks": dg.MetadataValue.int(report.peak_kv_blocks),
+        "kv_blocks": dg.MetadataValue.int(report.num_kv_blocks),
         "parts": dg.MetadataValue.int(report.num_parts),
         "duration_s": dg.MetadataValue.float(report.duration_s),
         "output": dg.MetadataValue.path(output_url),

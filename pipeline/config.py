@@ -241,8 +241,19 @@ class EngineOptions:
     dtype: str = "auto"
     device: str | None = None
     seed: int = 0
+    speculative: dict[str, Any] | None = None  # {method: ngram|draft, model, k, ...}
 
     def __post_init__(self) -> None:
+        if self.speculative is not None:
+            from engine.llm import speculative_config
+
+            if not isinstance(self.speculative, Mapping):
+                raise ValueError(f"speculative: expected a mapping, got {self.speculative!r}")
+            object.__setattr__(self, "speculative", dict(self.speculative))
+            try:
+                speculative_config(self.speculative)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"speculative: {exc}") from None
         if self.kv_cache_dtype not in ("auto", "int8"):
             raise ValueError(f"kv_cache_dtype must be auto or int8, got {self.kv_cache_dtype!r}")
         for name in ("max_num_batched_tokens", "block_size", "max_num_seqs"):

@@ -27,9 +27,13 @@ def load_job_tokenizer(config: JobConfig) -> Any:
 
 def load_job_llm(config: JobConfig) -> LLM:
     """The engine for this job, built from config.engine and config.sampling."""
+    kwargs = config.engine.llm_kwargs()
+    speculative = kwargs.get("speculative")
+    if speculative and speculative.get("model"):  # a registry name or a path, like `model`
+        kwargs["speculative"] = {**speculative, "model": resolve_model(speculative["model"])}
     return LLM(
         resolve_model(config.model),
         default_sampling_params=config.sampling,
         storage_options=config.storage_options or None,
-        **config.engine.llm_kwargs(),
+        **kwargs,
     )

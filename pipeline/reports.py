@@ -38,6 +38,20 @@ class ShardReport:
     num_parts: int
     duration_s: float
     predicted_hit_rate: float
+    num_draft_tokens: int = 0  # speculative decoding: drafts verified
+    num_accepted_tokens: int = 0
+    num_verified_sequences: int = 0
+    peak_kv_blocks: int = 0  # KV blocks in use at the busiest step (engine-wide)
+    num_kv_blocks: int = 0
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens emitted per sequence per verifying step (0 without speculation)."""
+        if not self.num_verified_sequences:
+            return 0.0
+        return (
+            self.num_accepted_tokens + self.num_verified_sequences
+        ) / self.num_verified_sequences
 
     @property
     def tokens_per_second(self) -> float:
@@ -53,6 +67,7 @@ class ShardReport:
         values = asdict(self)
         values["tokens_per_second"] = round(self.tokens_per_second, 3)
         values["prefix_cache_hit_rate"] = round(self.prefix_cache_hit_rate, 6)
+        values["mean_acceptance_length"] = round(self.mean_acceptance_length, 6)
         return values
 
     @classmethod

@@ -157,6 +157,11 @@ def run_shard(
         num_parts=writer.num_parts,
         duration_s=time.perf_counter() - started,
         predicted_hit_rate=shard.stats.predicted_hit_rate,
+        num_draft_tokens=delta.num_draft_tokens,
+        num_accepted_tokens=delta.num_accepted_tokens,
+        num_verified_sequences=delta.num_verified_sequences,
+        peak_kv_blocks=delta.peak_blocks_used,
+        num_kv_blocks=delta.num_blocks,
     )
     output.finalize((r.row_id for r in rows), report.to_dict())
     return report
