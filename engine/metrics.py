@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+def mean_acceptance_length(num_accepted_tokens: int, num_verified_sequences: int) -> float:
+    """Tokens emitted per sequence per verifying step (accepted drafts + 1); 0 without any."""
+    if not num_verified_sequences:
+        return 0.0
+    return (num_accepted_tokens + num_verified_sequences) / num_verified_sequences
+
+
 @dataclass
 class RunMetrics:
     num_requests: int = 0
@@ -44,12 +51,7 @@ class RunMetrics:
 
     @property
     def mean_acceptance_length(self) -> float:
-        """Tokens emitted per sequence per verifying step (accepted drafts + 1)."""
-        if not self.num_verified_sequences:
-            return 0.0
-        return (
-            self.num_accepted_tokens + self.num_verified_sequences
-        ) / self.num_verified_sequences
+        return mean_acceptance_length(self.num_accepted_tokens, self.num_verified_sequences)
 
     @property
     def draft_acceptance_rate(self) -> float:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from engine import RunMetrics
+from engine.metrics import mean_acceptance_length
 from pipeline.plan import Plan
 
 
@@ -46,12 +47,7 @@ class ShardReport:
 
     @property
     def mean_acceptance_length(self) -> float:
-        """Tokens emitted per sequence per verifying step (0 without speculation)."""
-        if not self.num_verified_sequences:
-            return 0.0
-        return (
-            self.num_accepted_tokens + self.num_verified_sequences
-        ) / self.num_verified_sequences
+        return mean_acceptance_length(self.num_accepted_tokens, self.num_verified_sequences)
 
     @property
     def tokens_per_second(self) -> float:
