@@ -16,3 +16,20 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e '.[test]'
 batchgen models fetch smollm2 --no-progress >/dev/null
+
+# Ceph (monitor, OSD, RADOS Gateway): the real S3 server of the s3-marked tests
+# (tests/s3_server.py). Installed once, with apt-get, as root or through passwordless sudo.
+# Not for the run command (data_samples/run_sample.sh), which needs no S3 server. Where it
+# cannot be installed the s3 tests skip, or fail under CI=true.
+install_ceph() {
+  local as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+  "${as_root[@]}" apt-get update -qq &&
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends ceph-mon ceph-osd radosgw ceph-common
+}
+if [ "$(basename "${BASH_SOURCE[1]:-}")" != run_sample.sh ] && ! command -v radosgw >/dev/null; then
+  if ! command -v apt-get >/dev/null || ! install_ceph >/tmp/batchgen-ceph-install.log 2>&1; then
+    echo "setup: Ceph not installed (see /tmp/batchgen-ceph-install.log); s3 tests will skip" >&2
+  fi
+fi

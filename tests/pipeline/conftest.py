@@ -4,7 +4,8 @@ max_tokens tiny."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from engine import LLM
 from pipeline.config import JobConfig, merge_config_dicts
+from tests.s3_server import CephS3Server, missing_binaries
 
 ENGINE_OPTIONS = {"num_blocks": 384, "max_num_seqs": 32, "max_num_batched_tokens": 1024}
 
@@ -42,3 +44,18 @@ def job_config(smollm2_dir: Path) -> Callable[..., JobConfig]:
         return JobConfig.from_dict(merge_config_dicts(base, sections))
 
     return build
+
+
+@pytest.fixture(scope="session")
+def ceph_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephS3Server]:
+    """A real S3 server (Ceph RADOS Gateway on 127.0.0.1, tests/s3_server.py) for the session;
+    ~15 s to start. Without the Ceph binaries: a failure under CI=true (.ci/setup.sh installs
+    them), a skip elsewhere. Credentials are the server's `env()`; tests set them themselves."""
+    missing = missing_binaries()
+    if missing:
+        message = f"Ceph is not installed ({', '.join(missing)} not found); see .ci/setup.sh"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with CephS3Server(tmp_path_factory.mktemp("ceph")) as server:
+        yield server
