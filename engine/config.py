@@ -214,6 +214,7 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4
     draft_model: str | None = None
     max_batch_size: int = 32
+    verify_cost_ratio: float = 1.5  # verify-step time / plain-step time (H100, SmolLM2: ~1.5)
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, SpeculativeMethod):
@@ -231,6 +232,8 @@ class SpeculativeConfig:
             raise ValueError("draft_model is required when the speculative method is draft")
         if self.max_batch_size < 0:
             raise ValueError(f"max_batch_size must be >= 0, got {self.max_batch_size}")
+        if self.verify_cost_ratio < 1.0:
+            raise ValueError(f"verify_cost_ratio must be >= 1, got {self.verify_cost_ratio}")
 
 
 @dataclass(frozen=True)

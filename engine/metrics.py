@@ -30,6 +30,7 @@ class RunMetrics:
     # speculative decoding
     num_spec_steps: int = 0  # steps that verified drafts
     num_spec_off_steps: int = 0  # decode steps where the adaptive switch held drafts back
+    num_spec_skipped_steps: int = 0  # steps whose drafts were not worth a verify step
     num_draft_tokens: int = 0  # proposed and verified
     num_accepted_tokens: int = 0
     num_verified_sequences: int = 0  # sequence-steps that verified drafts

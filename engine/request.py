@@ -66,6 +66,8 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     generator: torch.Generator | None = None  # the sampler seeds it on first use
     draft_token_ids: list[int] = field(default_factory=list)  # proposed for the next step only
+    num_proposed_drafts: int = 0  # speculative decoding: drafts verified so far
+    num_accepted_drafts: int = 0
 
     @classmethod
     def from_request(cls, request: Request) -> Sequence:

@@ -1,8 +1,13 @@
 """Speculative decoding inside the engine step: propose drafts for decoding sequences before
 scheduling, verify them from the target's logits after the step, keep the counters.
 
-Adaptive: drafts are proposed only while 1..max_batch_size sequences decode; past that a step
-is compute-bound and the target would pay for every rejected draft. Switches are logged.
+Adaptive, twice over: drafts are proposed only while 1..max_batch_size sequences decode (past
+that a step is compute-bound and the target would pay for every rejected draft; switches are
+logged), and a step's drafts are verified only when the tokens they are expected to add pay for
+the wider step: the expectation uses each sequence's own acceptance so far (a per-draft
+acceptance a gives a + a^2 + ... + a^d expected tokens for d drafts) against the configured cost
+of a verify step relative to a plain one. Both depend only on the sequences' tokens, never on
+timing, so a seeded run repeats exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ class SpeculativeDecoder:
         self.metrics = metrics
         self.active: bool | None = None
         self._draft_probs: dict[int, torch.Tensor] = {}
+        self._step_seconds = {
+            True: 0.0,
+            False: 0.0,
+        }  # running average per token-row: verify / plain
+        self._step_count = {True: 0, False: 0}
 
     def propose(self, running: list[Sequence]) -> None:
         """Set draft_token_ids on the running sequences that are decoding (when active)."""
@@ -60,11 +70,25 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         budgets = [self._budget(s) for s in decoding]
         proposal = self.proposer.propose(decoding, budgets)
-        for i, (seq, drafts) in enumerate(zip(decoding, proposal.token_ids, strict=True)):
-            seq.draft_token_ids = list(drafts[: budgets[i]])
-            if proposal.probs is not None and seq.draft_token_ids:
-                self._draft_probs[id(seq)] = proposal.probs[i][: len(seq.draft_token_ids)]
+        drafts = [list(d[: budgets[i]]) for i, d in enumerate(proposal.token_ids)]
+        if self._worth_verifying(decoding, drafts):
+            for i, (seq, d) in enumerate(zip(decoding, drafts, strict=True)):
+                seq.draft_token_ids = d
+                if proposal.probs is not None and d:
+                    self._draft_probs[id(seq)] = proposal.probs[i][: len(d)]
+        elif any(drafts):
+            self.metrics.num_spec_skipped_steps += 1
         self.metrics.spec_propose_seconds += time.perf_counter() - started
+
+    def _worth_verifying(self, seqs: list[Sequence], drafts: list[list[int]]) -> bool:
+        """Whether the expected accepted tokens beat the extra cost of a verify step."""
+        if not any(drafts):
+            return False
+        expected = 0.0
+        for seq, d in zip(seqs, drafts, strict=True):
+            rate = min((seq.num_accepted_drafts + 1) / (seq.num_proposed_drafts + 2), 0.99)
+            expected += rate * (1 - rate ** len(d)) / (1 - rate)
+        return expected >= len(drafts) * (self.config.verify_cost_ratio - 1.0)
 
     def _budget(self, seq: Sequence) -> int:
         """Drafts worth proposing: never past max_tokens or the context (a verified step emits
@@ -92,6 +116,9 @@ class SpeculativeDecoder:
                 if probs is not None:
                     draft_probs[i, : probs.shape[0]] = probs
         out = self.rejection_sampler(target, drafts, seqs, draft_probs)
+        for seq, d, accepted in zip(seqs, drafts, out.num_accepted, strict=True):
+            seq.num_proposed_drafts += len(d)
+            seq.num_accepted_drafts += accepted
         for seq, r, tokens in zip(seqs, rows, out.token_ids, strict=True):
             n = seq.request.sampling_params.logprobs
             if n is not None:

@@ -175,3 +175,16 @@ def test_greedy_smollm2_is_identical_with_ngram_speculation(smollm2_dir):
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
     assert llm.metrics.num_accepted_tokens > 0
+
+
+def test_drafts_are_skipped_when_their_expected_tokens_cannot_pay_for_a_verify_step(tiny_pair):
+    target, _ = tiny_pair
+    prompts = copy_heavy_prompts()
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    reference = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
+    costly = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1, verify_cost_ratio=6.0)
+    llm = LLM(str(target), dtype="float32", speculative=costly)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    assert llm.metrics.num_spec_skipped_steps > 0
+    assert llm.metrics.num_spec_steps == 0  # at most 4 expected tokens per sequence < 5 needed
