@@ -40,7 +40,7 @@ class DraftModelProposer:
         )
         self.runner = ModelRunner(model, kv, block_size, device)
         self.kv_cache = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
-        self.states: dict[int, Sequence] = {}  # id(target sequence) -> the draft's mirror
+        self.states: dict[Sequence, Sequence] = {}  # target sequence -> the draft's mirror
         self.generator = torch.Generator(device=device).manual_seed(0x5EED)
 
     @classmethod
@@ -76,7 +76,7 @@ class DraftModelProposer:
         return cls(net, num_blocks, block_size, device)
 
     def release(self, seq: Sequence) -> None:
-        state = self.states.pop(id(seq), None)
+        state = self.states.pop(seq, None)
         if state is not None:
             self.kv_cache.free(state)
 
@@ -122,13 +122,13 @@ class DraftModelProposer:
     def _sync(self, seq: Sequence) -> Sequence | None:
         """The draft's mirror of seq, rolled back to their longest common prefix and holding
         seq's tokens (the uncomputed ones are caught up by the next draft step)."""
-        state = self.states.get(id(seq))
+        state = self.states.get(seq)
         if state is None:
             request = Request(
                 seq.request.request_id, seq.request.prompt_token_ids, seq.request.sampling_params
             )
             state = Sequence.from_request(request)
-            self.states[id(seq)] = state
+            self.states[seq] = state
         common = 0
         limit = min(len(state.token_ids), len(seq.token_ids), state.num_computed_tokens)
         while common < limit and state.token_ids[common] == seq.token_ids[common]:
@@ -151,7 +151,7 @@ class DraftModelProposer:
             rows = processed_probs(logits, seqs, 1)
             noise = torch.empty_like(rows).exponential_(generator=self.generator)
             for i, seq in enumerate(seqs):
-                state = self.states[id(seq)]
+                state = self.states[seq]
                 seed = seq.request.sampling_params.seed
                 if seed is not None:
                     if state.generator is None:  # seeded apart from the target's stream
