@@ -37,7 +37,15 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool")
+BINARIES = (
+    "ceph-mon",
+    "ceph-osd",
+    "radosgw",
+    "radosgw-admin",
+    "ceph",
+    "ceph-authtool",
+    "monmaptool",
+)
 GATEWAY = "client.rgw.test"
 ACCESS_KEY = "batchgentestaccess"
 SECRET_KEY = "batchgentestsecret0123456789"
