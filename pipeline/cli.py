@@ -252,8 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handled = (ValueError, RuntimeError, OSError, *_storage_errors())
     try:
         return int(handler(args))
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"batchgen: error: {exc}", file=sys.stderr)
+    except handled as exc:
+        print(f"batchgen: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """Errors object storage clients raise outside OSError (an unreachable S3 endpoint)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return ()
+    return (BotoCoreError, ClientError)

@@ -116,8 +116,12 @@ class ShardOutput:
         self.store.write_new(f"{self.dir}/parts/{part}", data)
         record = CommitRecord(part, len(ids), tuple(ids))
         stem = part.rsplit(".", 1)[0]
-        if not self.store.put_if_absent(f"{self.dir}/commits/{stem}.json", record.to_json()):
-            raise RuntimeError(f"shard {self.index}: commit record of {part} already exists")
+        path = f"{self.dir}/commits/{stem}.json"
+        if not self.store.put_if_absent(path, record.to_json()):
+            # a retried write whose first attempt landed (the server died before answering)
+            # finds its own record: that is success, anything else is a second writer
+            if self.store.read_bytes(path) != record.to_json():
+                raise RuntimeError(f"shard {self.index}: commit record of {part} already exists")
         return record
 
     def finalize(self, expected_ids: Iterable[str], report: dict[str, Any]) -> dict[str, Any]:

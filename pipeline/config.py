@@ -192,7 +192,8 @@ class ShardingStrategy(enum.Enum):
 
 @dataclass(frozen=True)
 class ShardingConfig:
-    """How rows map to shards: give num_shards or rows_per_shard (neither: one shard).
+    """How rows map to shards: give num_shards or rows_per_shard (neither: shards of at most
+    100,000 rows).
     range cuts the dataset into contiguous row ranges; content assigns each row by a hash of
     its request (its id when it has none), so exact duplicates always meet in one shard and
     dedup is dataset-wide, at the price of every shard reading the whole dataset.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import zip_longest
 from typing import Any
@@ -187,18 +187,27 @@ def shard_stats(config: JobConfig, rows: list[PreparedRow], encoder: PromptEncod
     """Tokenize the shard's unique requests in submission order and predict its hit rate."""
     unique = group_requests(rows, config.grouping.dedup)
     ordered = order_requests(unique, config.grouping.prefix_grouping)
-    token_lists, num_errors = [], sum(1 for r in rows if r.error is not None)
-    for item in ordered:
-        try:
-            token_lists.append(encode_request(encoder, item.request))
-        except RequestError:
-            num_errors += len(item.rows)
+    counts = {"errors": sum(1 for r in rows if r.error is not None), "requests": 0, "tokens": 0}
+
+    def token_lists() -> Iterator[list[int]]:
+        # one prompt's ids at a time: holding a whole shard's would cost ~7 KB per row
+        for item in ordered:
+            try:
+                token_ids = encode_request(encoder, item.request)
+            except RequestError:
+                counts["errors"] += len(item.rows)
+                continue
+            counts["requests"] += 1
+            counts["tokens"] += len(token_ids)
+            yield token_ids
+
+    cached = predict_cached_tokens(token_lists(), config.engine.block_size)
     return ShardStats(
         num_rows=len(rows),
-        num_errors=num_errors,
-        num_requests=len(token_lists),
-        num_prompt_tokens=sum(len(t) for t in token_lists),
-        num_predicted_cached_tokens=predict_cached_tokens(token_lists, config.engine.block_size),
+        num_errors=counts["errors"],
+        num_requests=counts["requests"],
+        num_prompt_tokens=counts["tokens"],
+        num_predicted_cached_tokens=cached,
     )
 
 

@@ -79,13 +79,19 @@ def shard_of_row(row: PreparedRow, num_shards: int) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) % num_shards
 
 
+DEFAULT_ROWS_PER_SHARD = 100_000  # ~1.2 GB peak RSS planning/streaming one shard (bench/RESULTS.md)
+
+
 def num_shards_for(total_rows: int, config: ShardingConfig) -> int:
-    """How many shards: as configured, or enough for rows_per_shard; at least one, and never
-    more than there are rows (an empty dataset still has one empty shard)."""
+    """How many shards: as configured, or enough for rows_per_shard (DEFAULT_ROWS_PER_SHARD when
+    neither is given); at least one, and never more than there are rows (an empty dataset still
+    has one empty shard)."""
     if config.rows_per_shard is not None:
         wanted = math.ceil(total_rows / config.rows_per_shard)
-    else:
-        wanted = config.num_shards or 1
+    elif config.num_shards is not None:
+        wanted = config.num_shards
+    else:  # a shard's rows are held while it runs: bound them by default
+        wanted = math.ceil(total_rows / DEFAULT_ROWS_PER_SHARD)
     return max(1, min(wanted, total_rows))
 
 
