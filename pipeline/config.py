@@ -87,6 +87,7 @@ class ColumnMap:
     messages_column: str | None
     carry_columns: tuple[str, ...]
     override_columns: tuple[tuple[str, str], ...]  # (sampling parameter, column)
+    apply_chat_template: bool = False  # send a plain prompt as one user message
 
     @property
     def read_columns(self) -> tuple[str, ...]:
@@ -114,8 +115,15 @@ class InputConfig:
     carry_columns: tuple[str, ...] = ()
     override_columns: dict[str, str] = field(default_factory=dict)
     batch_rows: int = 1024  # rows per record batch read
+    # Wrap each plain prompt as [{"role": "user", "content": prompt}] and apply the model's chat
+    # template: what an instruct model expects (raw text often gets an immediate end of turn).
+    apply_chat_template: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.apply_chat_template, bool):
+            raise ValueError(
+                f"apply_chat_template must be true or false, got {self.apply_chat_template!r}"
+            )
         _check_name("url", self.url)
         object.__setattr__(self, "format", _data_format("input", self.format))
         object.__setattr__(self, "carry_columns", tuple(self.carry_columns))
@@ -164,6 +172,7 @@ class InputConfig:
             messages_column=self.messages_column,
             carry_columns=self.carry_columns,
             override_columns=tuple(sorted(self.override_columns.items())),
+            apply_chat_template=self.apply_chat_template,
         )
 
 

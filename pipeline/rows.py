@@ -151,6 +151,9 @@ def _request(values: Mapping[str, Any], columns: ColumnMap, defaults: SamplingPa
     if columns.prompt_column is None:
         raise _RowError(f"{columns.messages_column}: missing")
     prompt = _prompt(values.get(columns.prompt_column), columns)
+    if columns.apply_chat_template:
+        user = ({"role": "user", "content": prompt},)
+        return RowRequest(PromptKind.CHAT, None, user, _params(values, columns, defaults))
     return RowRequest(PromptKind.TEXT, prompt, None, _params(values, columns, defaults))
 
 

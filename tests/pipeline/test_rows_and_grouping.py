@@ -122,3 +122,18 @@ def test_predicted_cached_tokens_count_seen_full_blocks_but_never_the_last_token
     ]
     assert predict_cached_tokens(prompts, block) == 8 + 4 + 4
     assert predict_cached_tokens([shared + [1], shared + [1]], block) == 8
+
+
+def test_a_plain_prompt_becomes_one_user_message_when_the_chat_template_is_asked():
+    from pipeline.config import InputConfig
+    from pipeline.rows import PromptKind
+
+    columns = InputConfig(url="x.parquet", apply_chat_template=True).columns
+    row = InputRow(0, "x.parquet", 0, {"prompt": "Name a color."})
+    request = prepare_row(row, columns, SamplingParams(temperature=0)).request
+    assert request is not None and request.kind is PromptKind.CHAT
+    assert list(request.messages or ()) == [{"role": "user", "content": "Name a color."}]
+    plain = prepare_row(row, InputConfig(url="x.parquet").columns, SamplingParams()).request
+    assert plain is not None and plain.kind is PromptKind.TEXT
+    with pytest.raises(ValueError, match="apply_chat_template"):
+        InputConfig(url="x.parquet", apply_chat_template="yes")
