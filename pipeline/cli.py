@@ -252,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handled: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, *_storage_errors())
+    handled: tuple[type[BaseException], ...] = (
+        ValueError,
+        RuntimeError,
+        OSError,
+        *_storage_errors(),
+    )
     try:
         return int(handler(args))
     except handled as exc:
