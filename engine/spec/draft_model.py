@@ -130,7 +130,9 @@ class DraftModelProposer:
             state = Sequence.from_request(request)
             self.states[seq] = state
         common = 0
-        limit = min(len(state.token_ids), len(seq.token_ids), state.num_computed_tokens)
+        # the last token is always run again: its logits give the first draft (it may already be
+        # in the draft's cache when the target kept a plain token equal to the draft's first)
+        limit = min(len(state.token_ids), len(seq.token_ids) - 1, state.num_computed_tokens)
         while common < limit and state.token_ids[common] == seq.token_ids[common]:
             common += 1
         state.num_computed_tokens = common

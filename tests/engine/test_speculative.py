@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.config import SpeculativeConfig
+from engine.config import SpeculativeConfig, SpeculativeMethod
 from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request, Sequence
 from engine.spec.ngram import NgramProposer
@@ -188,3 +188,20 @@ def test_drafts_are_skipped_when_their_expected_tokens_cannot_pay_for_a_verify_s
     assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
     assert llm.metrics.num_spec_skipped_steps > 0
     assert llm.metrics.num_spec_steps == 0  # at most 4 expected tokens per sequence < 5 needed
+
+
+def test_draft_model_catches_up_after_steps_that_skipped_its_drafts(tiny_pair):
+    """With drafts never worth verifying, the target decodes plainly while the draft's cache
+    already holds its own first draft; when that equals the target's token (same weights here)
+    the draft has nothing new but its last token to run."""
+    target, _ = tiny_pair
+    prompts = copy_heavy_prompts()
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    reference = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
+    spec = SpeculativeConfig(
+        method=SpeculativeMethod.DRAFT, draft_model=str(target), verify_cost_ratio=6.0
+    )
+    llm = LLM(str(target), dtype="float32", speculative=spec)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    assert llm.metrics.num_spec_skipped_steps > 0
