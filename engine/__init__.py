@@ -1,6 +1,14 @@
 """batchgen's GPU engine: continuous batching over a paged KV cache with prefix caching."""
 
-from engine.config import CacheConfig, EngineConfig, KVCacheDtype, ModelConfig, SchedulerConfig
+from engine.config import (
+    CacheConfig,
+    EngineConfig,
+    KVCacheDtype,
+    ModelConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+    SpeculativeMethod,
+)
 from engine.errors import RequestError, UnsupportedModelError
 from engine.llm import LLM, GenerationRequest
 from engine.metrics import RunMetrics
@@ -21,6 +29,8 @@ __all__ = [
     "RunMetrics",
     "SamplingParams",
     "SchedulerConfig",
+    "SpeculativeConfig",
+    "SpeculativeMethod",
     "TokenLogprob",
     "UnsupportedModelError",
 ]
