@@ -27,10 +27,10 @@ USER_TURNS = (
     "Explain in one sentence what a hash map is.",
     "Complete:\n```python\ndef is_prime(n: int) -> bool:\n```",
 )
-# Small enough to preempt: four sequences of ~75 prompt + 32 generated (+ up to 4 draft slots)
-# tokens need ~56 blocks of 8 at once, and the prompt's system part is shared.
+# Small enough to preempt: four sequences of ~60 prompt + 32 generated (+ up to 4 draft slots)
+# tokens need ~50 blocks of 8 at once (less the shared system prompt's blocks): 28 preempt.
 BLOCK_SIZE = 8
-NUM_BLOCKS = 40
+NUM_BLOCKS = 28
 MAX_NUM_BATCHED_TOKENS = 48  # below the prompt length: prefill is chunked
 
 
