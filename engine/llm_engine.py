@@ -120,7 +120,10 @@ class LLMEngine:
         logits = self.runner.execute(out)
         sampling = [c for c in out.chunks if c.sample]
         new_tokens = self._sample(sampling, logits)
+        outputs_before = sum(c.seq.num_output_tokens for c in sampling)
         finished = self.scheduler.update(out, new_tokens)
+        # tokens kept: verified drafts after a stop token are dropped by update()
+        num_generated = sum(c.seq.num_output_tokens for c in sampling) - outputs_before
         for chunk in sampling:
             seq = chunk.seq
             if self.output_processor.find_stop_string(seq):
@@ -132,7 +135,7 @@ class LLMEngine:
         for seq in finished:
             if self.speculator is not None:
                 self.speculator.proposer.release(seq)
-        self._record(out, sum(map(len, new_tokens)), blocks_used, started)
+        self._record(out, num_generated, blocks_used, started)
         return [self.output_processor.completion(seq) for seq in finished]
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[list[int]]:

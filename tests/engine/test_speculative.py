@@ -205,3 +205,14 @@ def test_draft_model_catches_up_after_steps_that_skipped_its_drafts(tiny_pair):
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
     assert llm.metrics.num_spec_skipped_steps > 0
+
+
+def test_generated_token_count_equals_the_tokens_completions_hold(tiny_pair):
+    target, _ = tiny_pair
+    llm = LLM(
+        str(target), dtype="float32", speculative={"method": "draft", "model": str(target), "k": 4}
+    )
+    stops = SamplingParams(max_tokens=20, temperature=0, stop_token_ids=tuple(range(10, 500, 3)))
+    outs = llm.generate(copy_heavy_prompts(), stops, use_tqdm=False)
+    assert llm.metrics.num_accepted_tokens > 0
+    assert llm.metrics.num_generated_tokens == sum(len(o.token_ids) for o in outs)
