@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
+
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -61,13 +63,15 @@ def paged_attention_ref(
     scale: float,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    shared_prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Attend each sequence's queries to its cached keys/values.
 
     query: [num_tokens, num_heads, head_dim]; block_tables: [num_seqs, max_blocks_per_seq] int;
     cu_query_lens: [num_seqs + 1] int; context_lens: [num_seqs] int.
     Returns [num_tokens, num_heads, head_dim] in query's dtype. Rows of query beyond
-    cu_query_lens[-1] (padding) are returned as zeros.
+    cu_query_lens[-1] (padding) are returned as zeros. shared_prefix only says how the Triton
+    version may split the work; the result is the same without it, so it is ignored here.
     """
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
@@ -131,6 +135,9 @@ def _paged_attention_kernel(
     cu_query_lens_ptr,  # [num_seqs + 1]
     context_lens_ptr,  # [num_seqs]
     out_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    prefix_lens_ptr,  # [num_seqs] int32 (HAS_PREFIX only): keys before this come from prefix_out
+    prefix_out_ptr,  # [num_tokens, num_heads, HEAD_DIM] fp32 (HAS_PREFIX only)
+    prefix_lse_ptr,  # [num_tokens, num_heads] fp32, base 2 (HAS_PREFIX only)
     num_seqs,
     qk_scale,  # softmax scale * log2(e): the softmax runs in base 2
     stride_query_token,
@@ -150,6 +157,9 @@ def _paged_attention_kernel(
     stride_block_tables_seq,
     stride_out_token,
     stride_out_head,
+    stride_prefix_out_token,
+    stride_prefix_out_head,
+    stride_prefix_lse_token,
     GROUP_SIZE: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -159,6 +169,7 @@ def _paged_attention_kernel(
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     q_block = tl.program_id(0)
@@ -184,6 +195,10 @@ def _paged_attention_kernel(
     q_position = context_len - query_len + token_in_chunk  # [BLOCK_M]
     # Causal: no row of this block sees past the position of its last token.
     kv_end = tl.minimum(context_len, context_len - query_len + local_q + BLOCK_Q)
+    # With a shared prefix (kernels/shared_prefix.py) its keys were attended already.
+    kv_begin = 0
+    if HAS_PREFIX:
+        kv_begin = tl.load(prefix_lens_ptr + seq).to(tl.int32)
 
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
@@ -191,7 +206,7 @@ def _paged_attention_kernel(
     max_score = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denominator = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for kv_start in range(0, kv_end, BLOCK_N):
+    for kv_start in range(kv_begin, kv_end, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         key_mask = keys < kv_end
         block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
@@ -238,6 +253,25 @@ def _paged_attention_kernel(
             probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
         )
 
+    if HAS_PREFIX:  # merge with the prefix part: both are softmax pieces of one row
+        prefix_lse = tl.load(
+            prefix_lse_ptr + token * stride_prefix_lse_token + head,
+            mask=row_mask,
+            other=float("-inf"),
+        )
+        prefix_offsets = (token * stride_prefix_out_token + head * stride_prefix_out_head)[
+            :, None
+        ] + dims[None, :]
+        has_prefix = row_mask & (prefix_lse > float("-inf"))
+        prefix_out = tl.load(
+            prefix_out_ptr + prefix_offsets, mask=has_prefix[:, None], other=0.0
+        )  # normalised over the prefix; times 2^(lse - shift) it is the unnormalised sum
+        new_max = tl.maximum(max_score, prefix_lse)
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        own = tl.exp2(max_score - shift)
+        shared = tl.exp2(prefix_lse - shift)
+        acc = acc * own[:, None] + prefix_out * shared[:, None]
+        denominator = denominator * own + shared
     out = acc / tl.where(denominator == 0.0, 1.0, denominator)[:, None]
     out_offsets = (token * stride_out_token + head * stride_out_head)[:, None] + dims[None, :]
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
@@ -282,6 +316,7 @@ def paged_attention(
     scale: float,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    shared_prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Triton version of paged_attention_ref (same contract; padding rows come back as zeros).
 
@@ -289,6 +324,10 @@ def paged_attention(
     be a power of two (>= 16). Logits, softmax statistics and the accumulator are fp32; on a GPU
     the two matrix products take 16-bit operands for a 16-bit query (exact for q, k, v, INT8
     codes; the probabilities are rounded to that dtype, as in flash attention).
+
+    With shared_prefix (decode steps only: one query per sequence) the shared prefixes are
+    attended once per tile of sequences first (kernels/shared_prefix.py) and each sequence
+    then reads only its own keys, merging the two softmax pieces.
     """
     group_pad = triton.next_power_of_2(query.shape[1] // k_cache.shape[2])
     is_int8 = k_cache.dtype == torch.int8
@@ -304,6 +343,7 @@ def paged_attention(
         k_scale,
         v_scale,
         config,
+        shared_prefix,
     )
 
 
@@ -318,6 +358,7 @@ def launch_paged_attention(
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
     config: TileConfig,
+    shared_prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """paged_attention with an explicit tile config (for tuning on a GPU)."""
     num_tokens, num_heads, head_dim = query.shape
@@ -344,6 +385,24 @@ def launch_paged_attention(
     # An fp32 model keeps fp32 products ("ieee", not TF32).
     use_fp32_dot = query.dtype == torch.float32 or query.device.type != "cuda"
     dot_dtype = tl.float32 if use_fp32_dot else _TL_DTYPES[query.dtype]
+    dot_precision = "ieee" if use_fp32_dot else "tf32"  # "tf32" only matters for fp32
+    if shared_prefix is not None:
+        assert num_tokens == num_seqs, "shared-prefix attention is for decode steps only"
+        prefix_out, prefix_lse = shared_prefix_attention(
+            query,
+            k_cache,
+            v_cache,
+            block_tables,
+            shared_prefix,
+            scale,
+            k_scale,
+            v_scale,
+            dot_dtype,
+            dot_precision,
+        )
+        prefix_lens = shared_prefix.prefix_lens
+    else:  # unused by the kernel; any tensors give it pointers and strides
+        prefix_out, prefix_lse, prefix_lens = out, out[:, :, 0], context_lens
     grid = (num_tokens // config.block_q + num_seqs, num_kv_heads)
     _paged_attention_kernel[grid](
         query,
@@ -355,6 +414,9 @@ def launch_paged_attention(
         cu_query_lens,
         context_lens,
         out,
+        prefix_lens,
+        prefix_out,
+        prefix_lse,
         num_seqs,
         scale * math.log2(math.e),
         query.stride(0),
@@ -374,6 +436,9 @@ def launch_paged_attention(
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
+        prefix_out.stride(0),
+        prefix_out.stride(1),
+        prefix_lse.stride(0),
         GROUP_SIZE=group_size,
         GROUP_PAD=group_pad,
         BLOCK_Q=config.block_q,
@@ -382,7 +447,8 @@ def launch_paged_attention(
         HEAD_DIM=head_dim,
         IS_INT8=is_int8,
         DOT_DTYPE=dot_dtype,
-        DOT_PRECISION="ieee" if use_fp32_dot else "tf32",  # "tf32" only matters for fp32
+        DOT_PRECISION=dot_precision,
+        HAS_PREFIX=shared_prefix is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
