@@ -71,10 +71,15 @@ def run_engine(
     prefix_caching: bool,
     max_num_seqs: int,
     max_num_batched_tokens: int,
+    shared_prefix_attention: bool = True,
 ) -> dict:
     config = EngineConfig(
         model=cfg,
-        cache=CacheConfig(kv_cache_dtype=kv_dtype, enable_prefix_caching=prefix_caching),
+        cache=CacheConfig(
+            kv_cache_dtype=kv_dtype,
+            enable_prefix_caching=prefix_caching,
+            shared_prefix_attention=shared_prefix_attention,
+        ),
         scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs),
         dtype=torch.bfloat16,
         device="cuda",
@@ -128,6 +133,7 @@ def run_engine(
         "engine_start_s": start_seconds,
         "prefill_s": m.prefill_seconds,
         "decode_s": m.decode_seconds,
+        "shared_prefix_steps": m.num_shared_prefix_steps,
         "decode_steps": _step_stats(decode_ms),
         "mixed_steps": _step_stats(mixed_ms),
     }
@@ -226,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    ap.add_argument(
+        "--skip-plain-attention",
+        action="store_true",
+        help="WP: leave out the prefix-cache-on run with shared-prefix attention off",
+    )
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args(argv)
     w = WORKLOADS[args.workload]
@@ -258,18 +269,22 @@ def main(argv: list[str] | None = None) -> int:
         del hf
         gc.collect()
         torch.cuda.empty_cache()
-    variants = {"ours": (KVCacheDtype.AUTO, True)}
+    # name -> (KV dtype, prefix caching, shared-prefix attention)
+    variants = {"ours": (KVCacheDtype.AUTO, True, True)}
     if args.workload == "WK":
         variants = {
-            "ours_bf16_kv": (KVCacheDtype.AUTO, True),
-            "ours_int8_kv": (KVCacheDtype.INT8, True),
+            "ours_bf16_kv": (KVCacheDtype.AUTO, True, True),
+            "ours_int8_kv": (KVCacheDtype.INT8, True, True),
         }
     if args.workload == "WP":
         variants = {
-            "ours_prefix_on": (KVCacheDtype.AUTO, True),
-            "ours_prefix_off": (KVCacheDtype.AUTO, False),
+            "ours_prefix_on": (KVCacheDtype.AUTO, True, True),
+            "ours_prefix_on_plain_attn": (KVCacheDtype.AUTO, True, False),
+            "ours_prefix_off": (KVCacheDtype.AUTO, False, False),
         }
-    for name, (kv_dtype, prefix) in variants.items():
+        if args.skip_plain_attention:
+            del variants["ours_prefix_on_plain_attn"]
+    for name, (kv_dtype, prefix, shared_attention) in variants.items():
         r = run_engine(
             cfg,
             ours,
@@ -279,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix,
             args.max_num_seqs,
             args.max_num_batched_tokens,
+            shared_attention,
         )
         cache = CacheConfig(kv_cache_dtype=kv_dtype)
         per_token = kv_bytes_per_block(cfg, cache, torch.bfloat16) // cache.block_size

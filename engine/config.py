@@ -165,6 +165,9 @@ class CacheConfig:
     num_blocks: int | None = None
     kv_cache_dtype: KVCacheDtype = KVCacheDtype.AUTO
     enable_prefix_caching: bool = True
+    # Decode steps where many sequences hold the same prefix blocks read them once per tile of
+    # sequences (Triton kernels only; see engine/shared_prefix.py).
+    shared_prefix_attention: bool = True
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_bytes: int = 1 << 30
 

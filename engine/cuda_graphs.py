@@ -7,17 +7,30 @@ sequence with fewer tokens (fewer drafts) is padded to q with rows that write no
 and are placed after its real rows, and its context length is extended by the padding so that
 its real rows keep their positions (query row j sits at context_len - q + j). Padding sequences
 beyond n have context length 0 and see nothing. Logits come back for the real rows only, in
-chunk order."""
+chunk order.
+
+A decode family may run shared-prefix attention (kernels/shared_prefix.py): its graphs read the
+plan from fixed-size device arrays, filled each step from the host plan; unused tiles are
+marked empty, so a graph captured with no shared prefix replays any plan that fits."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
-from engine.model_runner import HostBatch, padded_block_table
+from engine.model_runner import HostBatch
 from engine.models.llama import LlamaForCausalLM
+from engine.shared_prefix import SharedPrefixPlan, max_plan_tiles
+from kernels.shared_prefix import SharedPrefix
+
+
+@dataclass(frozen=True)
+class SharedPrefixTiling:
+    seqs_per_tile: int
+    max_groups: int
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -34,6 +47,7 @@ class StepGraphs:
         max_blocks_per_seq: int,
         query_len: int,
         pool: Any = None,
+        shared_prefix: SharedPrefixTiling | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -58,12 +72,37 @@ class StepGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool
+        self.tiling = shared_prefix
+        if shared_prefix is not None:
+            assert q == 1, "shared-prefix attention runs in decode steps only"
+            # one int32 array: prefix_lens [n], seq_order [n], then 4 tile arrays [tiles]
+            tiles = self.max_tiles(n)
+            self.prefix_static = torch.zeros(2 * n + 4 * tiles, dtype=torch.int32, device=device)
+            self.prefix_static[2 * n : 2 * n + tiles] = -1  # tile_leader: every tile unused
+            self.prefix_staging = torch.zeros(2 * n + 4 * tiles, dtype=torch.int32).pin_memory()
 
-    def fits(self, host: HostBatch, query_lens: list[int]) -> bool:
+    def max_tiles(self, size: int) -> int:
+        assert self.tiling is not None
+        return max_plan_tiles(size, self.tiling.seqs_per_tile, self.tiling.max_groups)
+
+    def _prefix_views(self, buffer: torch.Tensor, size: int) -> list[torch.Tensor]:
+        """prefix_lens, seq_order, tile_leader, tile_prefix_len, tile_first, tile_count of a
+        size-sequence step, as views of buffer (laid out for the largest size)."""
+        n, tiles = self.sizes[-1], self.max_tiles(self.sizes[-1])
+        views = [buffer[:size], buffer[n : n + size]]
+        for i in range(4):
+            start = 2 * n + i * tiles
+            views.append(buffer[start : start + self.max_tiles(size)])
+        return views
+
+    def fits(
+        self, host: HostBatch, query_lens: list[int], plan: SharedPrefixPlan | None = None
+    ) -> bool:
         return (
-            len(query_lens) <= self.sizes[-1]
+            (plan is None) == (self.tiling is None)
+            and len(query_lens) <= self.sizes[-1]
             and max(query_lens) <= self.query_len
-            and all(len(r) <= self.max_blocks_per_seq for r in host.block_tables)
+            and host.block_table().shape[1] <= self.max_blocks_per_seq
         )
 
     def _view(self, size: int) -> ForwardBatch:
@@ -76,6 +115,21 @@ class StepGraphs:
             cu_query_lens=s.cu_query_lens[: size + 1],
             context_lens=s.context_lens[:size],
             logits_indices=s.logits_indices[: size * q],
+            shared_prefix=self._shared_prefix_view(size),
+        )
+
+    def _shared_prefix_view(self, size: int) -> SharedPrefix | None:
+        if self.tiling is None:
+            return None
+        lens, order, leader, prefix_len, first, count = self._prefix_views(self.prefix_static, size)
+        return SharedPrefix(
+            prefix_lens=lens,
+            seq_order=order,
+            tile_leader=leader,
+            tile_prefix_len=prefix_len,
+            tile_first=first,
+            tile_count=count,
+            seqs_per_tile=self.tiling.seqs_per_tile,
         )
 
     @torch.inference_mode()
@@ -95,7 +149,9 @@ class StepGraphs:
         torch.cuda.synchronize()
         return self.pool
 
-    def run(self, host: HostBatch, query_lens: list[int]) -> torch.Tensor:
+    def run(
+        self, host: HostBatch, query_lens: list[int], plan: SharedPrefixPlan | None = None
+    ) -> torch.Tensor:
         """Replay for a step whose sequence i runs query_lens[i] tokens (host rows in order);
         returns logits of the real rows, [sum(query_lens), vocab]."""
         n, q = len(query_lens), self.query_len
@@ -118,15 +174,34 @@ class StepGraphs:
             tokens[2, index] = torch.tensor(host.slot_mapping)
             pad = torch.tensor([q - length for length in query_lens], dtype=torch.int32)
             self.context_staging[:n] = torch.tensor(host.context_lens, dtype=torch.int32) + pad
-        width = max(len(r) for r in host.block_tables)
-        self.block_staging[:n, :width] = padded_block_table(host.block_tables, width)
+        table = host.block_table()
+        width = table.shape[1]
+        self.block_staging[:n, :width] = torch.from_numpy(table)
+        if plan is not None:
+            self._stage_plan(plan, n, size)
         s = self.static
         s.input_ids[: size * q].copy_(tokens[0, : size * q], non_blocking=True)
         s.positions[: size * q].copy_(tokens[1, : size * q], non_blocking=True)
         s.slot_mapping[: size * q].copy_(tokens[2, : size * q], non_blocking=True)
         s.context_lens[:size].copy_(self.context_staging[:size], non_blocking=True)
         s.block_tables[:n, :width].copy_(self.block_staging[:n, :width], non_blocking=True)
+        if plan is not None:
+            self.prefix_static.copy_(self.prefix_staging, non_blocking=True)
         self.graphs[size].replay()
         if q == 1:
             return self.outputs[size][:n]
         return self.outputs[size][torch.tensor(rows, device=s.input_ids.device)]
+
+    def _stage_plan(self, plan: SharedPrefixPlan, n: int, size: int) -> None:
+        """Write plan into the pinned staging array (copied to the device before replay)."""
+        lens, order, *tile_arrays = (
+            v.numpy() for v in self._prefix_views(self.prefix_staging, size)
+        )
+        lens[:] = 0
+        lens[:n] = plan.prefix_lens
+        order[:n] = plan.seq_order
+        used = plan.num_tiles
+        sources = (plan.tile_leader, plan.tile_prefix_len, plan.tile_first, plan.tile_count)
+        for dst, src in zip(tile_arrays, sources, strict=True):
+            dst[:used] = src[:used]
+        tile_arrays[0][used:] = -1  # tile_leader: the rest unused

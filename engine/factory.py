@@ -115,7 +115,12 @@ def create_engine(
     device = torch.device(config.device)
     num_blocks = config.cache.num_blocks or profile_num_blocks(config, model)
     kv_caches = allocate_kv_caches(config.model, config.cache, num_blocks, config.dtype, device)
-    runner = ModelRunner(model, kv_caches, config.cache.block_size, device)
+    shared_prefix = (
+        config.cache.shared_prefix_attention
+        and config.cache.enable_prefix_caching
+        and model.kernels is not REFERENCE_KERNELS  # the references attend plainly anyway
+    )
+    runner = ModelRunner(model, kv_caches, config.cache.block_size, device, shared_prefix)
     use_graphs = (
         cuda_graphs
         and device.type == "cuda"

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.shared_prefix import SharedPrefix
+
 
 @dataclass
 class ForwardBatch:
@@ -24,6 +26,8 @@ class ForwardBatch:
     cu_query_lens: torch.Tensor  # [num_seqs + 1] int32
     context_lens: torch.Tensor  # [num_seqs] int32
     logits_indices: torch.Tensor  # [num_sampled] int64
+    # Decode steps only: sequences sharing prefix blocks, attended once per tile of them.
+    shared_prefix: SharedPrefix | None = None
 
 
 @dataclass

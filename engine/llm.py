@@ -71,6 +71,7 @@ class LLM:
         num_blocks: int | None = None,
         kv_cache_dtype: str = "auto",
         enable_prefix_caching: bool = True,
+        shared_prefix_attention: bool = True,
         gpu_memory_utilization: float = 0.9,
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 256,
@@ -106,6 +107,7 @@ class LLM:
             num_blocks=num_blocks,
             kv_cache_dtype=kv_dtype,
             enable_prefix_caching=enable_prefix_caching,
+            shared_prefix_attention=shared_prefix_attention,
             gpu_memory_utilization=gpu_memory_utilization,
         )
         spec_config = speculative_config(speculative)

@@ -183,6 +183,10 @@ class LLMEngine:
         m.num_preemptions += len(out.preempted)
         m.num_generated_tokens += num_generated
         m.peak_blocks_used = max(m.peak_blocks_used, blocks_used)
+        plan = self.runner.last_shared_prefix
+        if plan is not None:
+            m.num_shared_prefix_steps += 1
+            m.num_shared_prefix_saved_tokens += plan.saved_tokens
         elapsed = time.perf_counter() - started
         if out.num_prefill_tokens:
             m.prefill_seconds += elapsed

@@ -27,6 +27,8 @@ class RunMetrics:
     num_blocks: int = 0
     prefill_seconds: float = 0.0  # wall time of steps that ran any prefill tokens
     decode_seconds: float = 0.0  # wall time of steps that only decoded
+    num_shared_prefix_steps: int = 0  # decode steps that read shared prefixes once per tile
+    num_shared_prefix_saved_tokens: int = 0  # KV token reads saved per layer and KV head
     # speculative decoding
     num_spec_steps: int = 0  # steps that verified drafts
     num_spec_off_steps: int = 0  # decode steps where the adaptive switch held drafts back

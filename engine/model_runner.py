@@ -1,6 +1,8 @@
 """Turns a schedule into flat tensors, runs the model over the paged KV cache, returns logits.
 No policy: which tokens run is decided by the scheduler. On CUDA, decode-only steps replay a
-CUDA graph captured for the next padded batch size (see engine/cuda_graphs.py)."""
+CUDA graph captured for the next padded batch size (see engine/cuda_graphs.py). Decode steps
+where many sequences hold the same prefix blocks attend those once per tile of sequences
+(engine/shared_prefix.py), with graphs of their own."""
 
 from __future__ import annotations
 
@@ -14,6 +16,13 @@ from engine.config import CacheConfig, KVCacheDtype, ModelConfig
 from engine.forward_batch import ForwardBatch, LayerKVCache
 from engine.models.llama import LlamaForCausalLM
 from engine.scheduler import SchedulerOutput
+from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
+from kernels.shared_prefix import SharedPrefix
+
+# Shared-prefix tiling: about 64 query rows (sequences x query heads of one KV head) per tile,
+# and at most this many groups of sequences per step (the largest savings win).
+SHARED_PREFIX_TILE_ROWS = 64
+SHARED_PREFIX_MAX_GROUPS = 32
 
 if TYPE_CHECKING:
     from engine.cuda_graphs import StepGraphs
@@ -70,6 +79,14 @@ class HostBatch:
     cu_query_lens: list[int]
     context_lens: list[int]
     logits_indices: list[int]
+    _table: np.ndarray | None = None
+
+    def block_table(self) -> np.ndarray:
+        """block_tables as one [num_seqs, longest] int32 array (built once)."""
+        if self._table is None:
+            width = max(len(r) for r in self.block_tables)
+            self._table = padded_block_table_np(self.block_tables, width)
+        return self._table
 
 
 def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
@@ -92,13 +109,24 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
     return batch
 
 
-def padded_block_table(rows: list[list[int]], width: int) -> torch.Tensor:
+def padded_block_table_np(rows: list[list[int]], width: int) -> np.ndarray:
     """[len(rows), width] int32, each row right-padded with block 0 (never read: context_lens
     bounds every read). Filled through numpy: a nested-list torch.tensor is ~10x slower."""
     table = np.zeros((len(rows), width), dtype=np.int32)
     for i, row in enumerate(rows):
         table[i, : len(row)] = row
-    return torch.from_numpy(table)
+    return table
+
+
+def padded_block_table(rows: list[list[int]], width: int) -> torch.Tensor:
+    return torch.from_numpy(padded_block_table_np(rows, width))
+
+
+def seqs_per_tile(model: LlamaForCausalLM) -> int:
+    """Sequences per shared-prefix tile: ~SHARED_PREFIX_TILE_ROWS rows of query heads."""
+    group = model.config.num_attention_heads // model.config.num_key_value_heads
+    group_pad = 1 << (group - 1).bit_length()
+    return max(1, SHARED_PREFIX_TILE_ROWS // group_pad)
 
 
 class ModelRunner:
@@ -108,25 +136,65 @@ class ModelRunner:
         kv_caches: list[LayerKVCache],
         block_size: int,
         device: torch.device,
+        shared_prefix: bool = False,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
         self.graphs: list[StepGraphs] = []  # by query length, set by enable_cuda_graphs
+        self.shared_prefix = shared_prefix  # plan shared-prefix attention for decode steps
+        self.seqs_per_tile = seqs_per_tile(model)
+        self.last_shared_prefix: SharedPrefixPlan | None = None  # the last step's plan
 
     def enable_cuda_graphs(self, families: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
         """Capture graphs for each (query_len, max_batch_size) family: (1, B) for decode steps,
-        (k + 1, B') for speculative verify steps."""
-        from engine.cuda_graphs import StepGraphs
+        (k + 1, B') for speculative verify steps; with shared-prefix attention on, decode steps
+        get a second family that runs it."""
+        from engine.cuda_graphs import SharedPrefixTiling, StepGraphs
 
+        variants: list[tuple[int, int, SharedPrefixTiling | None]] = [
+            (q, b, None) for q, b in sorted(families)
+        ]
+        if self.shared_prefix:
+            tiling = SharedPrefixTiling(self.seqs_per_tile, SHARED_PREFIX_MAX_GROUPS)
+            variants += [(q, b, tiling) for q, b in sorted(families) if q == 1]
         pool = None
-        for query_len, max_batch_size in sorted(families):
+        for query_len, max_batch_size, tiling_or_none in variants:
             graphs = StepGraphs(
-                self.model, self.kv_caches, max_batch_size, max_blocks_per_seq, query_len, pool
+                self.model,
+                self.kv_caches,
+                max_batch_size,
+                max_blocks_per_seq,
+                query_len,
+                pool,
+                tiling_or_none,
             )
             pool = graphs.capture()
             self.graphs.append(graphs)
+
+    def plan_shared_prefix(self, host: HostBatch) -> SharedPrefixPlan | None:
+        return plan_shared_prefix(
+            host.block_table(),
+            np.asarray(host.context_lens),
+            self.block_size,
+            self.seqs_per_tile,
+            SHARED_PREFIX_MAX_GROUPS,
+        )
+
+    def shared_prefix_tensors(self, plan: SharedPrefixPlan) -> SharedPrefix:
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=False)
+
+        return SharedPrefix(
+            prefix_lens=dev(plan.prefix_lens),
+            seq_order=dev(plan.seq_order),
+            tile_leader=dev(plan.tile_leader),
+            tile_prefix_len=dev(plan.tile_prefix_len),
+            tile_first=dev(plan.tile_first),
+            tile_count=dev(plan.tile_count),
+            seqs_per_tile=self.seqs_per_tile,
+        )
 
     def prepare(self, host: HostBatch) -> ForwardBatch:
         """Copy a host batch to the device as a ForwardBatch."""
@@ -138,12 +206,11 @@ class ModelRunner:
                 t = t.pin_memory()
             return t.to(self.device, non_blocking=True)
 
-        width = max(len(r) for r in host.block_tables)
         return ForwardBatch(
             input_ids=dev(host.input_ids, torch.int64),
             positions=dev(host.positions, torch.int64),
             slot_mapping=dev(host.slot_mapping, torch.int64),
-            block_tables=dev(padded_block_table(host.block_tables, width), torch.int32),
+            block_tables=dev(torch.from_numpy(host.block_table()), torch.int32),
             cu_query_lens=dev(host.cu_query_lens, torch.int32),
             context_lens=dev(host.context_lens, torch.int32),
             logits_indices=dev(host.logits_indices, torch.int64),
@@ -154,13 +221,19 @@ class ModelRunner:
         """Run one step; returns fp32 logits [num_rows, vocab_size] in chunk order: one row per
         sampling chunk, 1 + len(drafts) rows for a chunk with drafts."""
         host = build_host_batch(out, self.block_size)
-        if self.graphs and all(
-            c.sample and c.num_tokens == 1 + len(c.draft_token_ids) for c in out.chunks
-        ):  # every sequence is decoding (maybe with drafts): a uniform step
+        # every sequence is decoding (maybe with drafts): a uniform step
+        uniform = all(c.sample and c.num_tokens == 1 + len(c.draft_token_ids) for c in out.chunks)
+        plan = None
+        if self.shared_prefix and uniform and all(c.num_tokens == 1 for c in out.chunks):
+            plan = self.plan_shared_prefix(host)
+        self.last_shared_prefix = plan
+        if self.graphs and uniform:
             query_lens = [c.num_tokens for c in out.chunks]
             for graphs in self.graphs:
-                if graphs.fits(host, query_lens):
-                    return graphs.run(host, query_lens)
+                if graphs.fits(host, query_lens, plan):
+                    return graphs.run(host, query_lens, plan)
         batch = self.prepare(host)
+        if plan is not None:
+            batch.shared_prefix = self.shared_prefix_tensors(plan)
         hidden = self.model(batch, self.kv_caches)
         return self.model.compute_logits(hidden)

@@ -72,6 +72,7 @@ class Attention(nn.Module):
             self.scale,
             kv.k_scale,
             kv.v_scale,
+            shared_prefix=batch.shared_prefix,
         )
         return F.linear(out.reshape(-1, self.q_size), self.o_proj_weight)
 

@@ -144,6 +144,22 @@ def test_logits_match_transformers_after_a_prefix_cache_hit():
     _check(hf, [step for steps in seen.values() for step in steps])
 
 
+def test_shared_prefix_decode_logits_match_transformers_in_cuda_graphs():
+    """Requests under two shared system prompts: decode steps read each prompt once per tile
+    of sequences (graph replays with a shared-prefix plan) and still match transformers."""
+    cfg, hf, ours = _models()
+    g = torch.Generator().manual_seed(4)
+    systems = [torch.randint(10, 32000, (300,), generator=g).tolist() for _ in range(2)]
+    prompts = [
+        systems[i % 2] + torch.randint(10, 32000, (1 + 7 * i,), generator=g).tolist()
+        for i in range(12)
+    ]
+    seen, completions, engine = _run(cfg, ours, prompts, max_tokens=5, budget=4096)
+    assert engine.metrics.num_shared_prefix_steps >= 3
+    assert all(len(c.token_ids) == 5 for c in completions)
+    _check(hf, [step for steps in seen.values() for step in steps])
+
+
 def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
     cfg, hf, ours = _models()
     config = EngineConfig(
@@ -161,9 +177,9 @@ def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
     for graphs in engine.runner.graphs:
         original = graphs.run
 
-        def counting_run(host, query_lens, _run=original, _q=graphs.query_len):
+        def counting_run(host, query_lens, plan=None, _run=original, _q=graphs.query_len):
             graph_runs.append(_q)
-            return _run(host, query_lens)
+            return _run(host, query_lens, plan)
 
         graphs.run = counting_run
     seen = []

@@ -1,0 +1,46 @@
+"""Shared-prefix attention inside the engine (Triton kernels under the CPU interpreter): decode
+steps of requests that share a cached system prompt use it, and greedy outputs equal those of
+plain paged attention."""
+
+import pytest
+import torch
+
+from engine import LLM, SamplingParams
+from tests.engine import tiny_models as tm
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama3")
+    tm.make_tiny_model("llama3", path, seed=0)
+    return path
+
+
+def shared_system_prompt_requests() -> list[list[int]]:
+    g = torch.Generator().manual_seed(7)
+    systems = [torch.randint(10, 500, (41,), generator=g).tolist() for _ in range(2)]
+    return [
+        systems[i % 2] + torch.randint(10, 500, (3 + i,), generator=g).tolist() for i in range(8)
+    ]
+
+
+def test_greedy_outputs_equal_plain_attention_and_shared_prefix_steps_run(
+    tiny_llama, monkeypatch
+) -> None:
+    monkeypatch.setenv("BATCHGEN_KERNELS", "triton")
+    prompts = shared_system_prompt_requests()
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    args = dict(dtype="float32", device="cpu", block_size=4, num_blocks=128)
+    outputs = {}
+    for on in (False, True):
+        llm = LLM(str(tiny_llama), shared_prefix_attention=on, **args)
+        outputs[on] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        m = llm.metrics
+        if on:
+            # both system prompts (10 full blocks each) are read once per tile, not per request
+            assert m.num_shared_prefix_steps >= 5
+            assert m.num_shared_prefix_saved_tokens >= 5 * 2 * 3 * 40
+        else:
+            assert m.num_shared_prefix_steps == 0
+    assert outputs[True] == outputs[False]
+    assert all(len(t) == 6 for t in outputs[True])
