@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_plain_attention:
             del variants["ours_prefix_on_plain_attn"]
     for name, (kv_dtype, prefix, shared_attention) in variants.items():
+        print(f"running {name}", flush=True)
         r = run_engine(
             cfg,
             ours,

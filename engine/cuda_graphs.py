@@ -138,11 +138,15 @@ class StepGraphs:
         for size in reversed(self.sizes):
             batch = self._view(size)
             for _ in range(2):  # warm up (Triton compiles/autotunes outside the capture)
-                self.model.compute_logits(self.model(batch, self.kv_caches))
+                self.model(batch, self.kv_caches)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
+            # The graph ends at the final hidden states; logits are computed after the replay.
+            # Every graph's output stays allocated in the pool, and fp32 logits of every size
+            # (sum of sizes x vocab x 4 bytes: 4.4 GB for a 128k vocabulary) would not fit
+            # beside the KV cache; hidden states take 1/30 of that.
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[size] = self.model.compute_logits(self.model(batch, self.kv_caches))
+                self.outputs[size] = self.model(batch, self.kv_caches)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph
@@ -189,8 +193,9 @@ class StepGraphs:
             self.prefix_static.copy_(self.prefix_staging, non_blocking=True)
         self.graphs[size].replay()
         if q == 1:
-            return self.outputs[size][:n]
-        return self.outputs[size][torch.tensor(rows, device=s.input_ids.device)]
+            return self.model.compute_logits(self.outputs[size][:n])
+        hidden = self.outputs[size][torch.tensor(rows, device=s.input_ids.device)]
+        return self.model.compute_logits(hidden)
 
     def _stage_plan(self, plan: SharedPrefixPlan, n: int, size: int) -> None:
         """Write plan into the pinned staging array (copied to the device before replay)."""
