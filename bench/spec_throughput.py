@@ -1,8 +1,19 @@
 """Speculative decoding speed on a real model: output tokens/s with speculation off, n-gram
 prompt lookup, and a draft model (when given), at several batch sizes, on a copy-heavy
-"rewrite this passage fixing the typos" workload; plus a cost model checked against it.
+workload; plus a cost model checked against it.
 
     python -m bench.spec_throughput --model PATH [--draft PATH] [--batch-sizes 1,4,16,64,256]
+        [--task rewrite|extract|correct] [--k 4] [--lookup-min 2 --lookup-max 4]
+
+Tasks (chat prompts over the prose paragraphs in PASSAGES):
+- rewrite (default): "Rewrite this passage, fixing the typos" over one paragraph with letter
+  swaps; EOS is ignored so every sequence emits exactly --max-tokens. SmolLM2-135M answers in
+  ~65 tokens (copying the passage, typos and all) and then, past its end of turn, writes a new
+  made-up conversation, so most of a 256-token run is not copying.
+- extract: "Copy out every sentence of this text, in order, one per line, word for word" over
+  four consecutive paragraphs (~300 prompt tokens); stops at EOS (SmolLM2: 150-255 tokens).
+- correct: "Copy out the passage's sentences in order, one per line, fixing the typos" over two
+  paragraphs with letter swaps; stops at EOS (SmolLM2: ~130-140 tokens; it keeps the typos).
 
 Cost model: a verifying step emits L tokens per sequence (L = mean acceptance length) in
 t_verify (propose + target pass over k+1 tokens), a plain step emits 1 in t_decode, so the
@@ -15,6 +26,8 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -65,7 +78,10 @@ def add_typos(text: str, rng: random.Random, rate: float = 0.12) -> str:
     return " ".join(words)
 
 
-def make_prompts(n: int) -> list[list[dict[str, str]]]:
+Chat = list[dict[str, str]]
+
+
+def make_prompts(n: int) -> list[Chat]:
     rng = random.Random(0)
     prompts = []
     for i in range(n):
@@ -76,13 +92,48 @@ def make_prompts(n: int) -> list[list[dict[str, str]]]:
     return prompts
 
 
+def _paragraphs(first: int, count: int) -> list[str]:
+    return [PASSAGES[(first + j) % len(PASSAGES)] for j in range(count)]
+
+
+def make_extract_prompts(n: int) -> list[Chat]:
+    instruction = "Copy out every sentence of this text, in order, one per line, word for word:"
+    return [
+        [{"role": "user", "content": instruction + "\n\n" + " ".join(_paragraphs(i, 4))}]
+        for i in range(n)
+    ]
+
+
+def make_correct_prompts(n: int) -> list[Chat]:
+    rng = random.Random(0)
+    instruction = "Copy out the passage's sentences in order, one per line, fixing the typos:"
+    prompts = []
+    for i in range(n):
+        passage = " ".join(add_typos(p, rng) for p in _paragraphs(i, 2))
+        prompts.append([{"role": "user", "content": instruction + "\n\n" + passage}])
+    return prompts
+
+
+@dataclass(frozen=True)
+class Task:
+    make_prompts: Callable[[int], list[Chat]]
+    ignore_eos: bool  # False: a sequence stops at its end of turn, so only the answer counts
+
+
+TASKS = {
+    "rewrite": Task(make_prompts, ignore_eos=True),
+    "extract": Task(make_extract_prompts, ignore_eos=False),
+    "correct": Task(make_correct_prompts, ignore_eos=False),
+}
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def run(llm: LLM, prompts, max_tokens: int) -> dict:
-    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+def run(llm: LLM, prompts, max_tokens: int, ignore_eos: bool = True) -> dict:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
     llm.generate(prompts[:2], SamplingParams(max_tokens=8, temperature=0), use_tqdm=False)  # warm
     before = llm.metrics.as_dict()
     _sync()
@@ -117,26 +168,35 @@ def main() -> None:
     ap.add_argument("--draft", default=None)
     ap.add_argument("--batch-sizes", default="1,4,16,64,256")
     ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--task", choices=sorted(TASKS), default="rewrite")
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--lookup-min", type=int, default=2)
+    ap.add_argument("--lookup-max", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     configs: dict[str, dict | None] = {
         "off": None,
-        "ngram": {"method": "ngram", "k": args.k, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
+        "ngram": {
+            "method": "ngram",
+            "k": args.k,
+            "prompt_lookup_min": args.lookup_min,
+            "prompt_lookup_max": args.lookup_max,
+        },
     }
     if args.draft:
         configs["draft"] = {"method": "draft", "model": args.draft, "k": args.k}
     engines = {
         name: LLM(args.model, speculative=spec, max_num_seqs=256) for name, spec in configs.items()
     }
+    task = TASKS[args.task]
     results: dict = {}
     for b in [int(x) for x in args.batch_sizes.split(",")]:
-        prompts = make_prompts(b)
+        prompts = task.make_prompts(b)
         row: dict[str, dict] = {}
         for _ in range(args.repeats):  # alternate configs; keep each one's fastest run
             for name, llm in engines.items():
-                r = run(llm, prompts, args.max_tokens)
+                r = run(llm, prompts, args.max_tokens, task.ignore_eos)
                 if name not in row or r["out_tok_s"] > row[name]["out_tok_s"]:
                     row[name] = r
         base = row["off"]
