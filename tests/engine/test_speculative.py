@@ -36,6 +36,19 @@ def test_ngram_prefers_the_longest_match_and_proposes_nothing_without_one():
     assert NgramProposer(2, 3).propose([seq_of([1, 2, 3, 4])], [4]).token_ids == [[]]
 
 
+def test_ngram_follows_the_occurrence_nearest_to_where_the_copy_left_off():
+    """Copying 1 2 3 4 5 6 7 8 from the source: after a divergence (50 instead of 4) the tail
+    "5" occurs twice; the copy resumes at the source's 5, not at the later one in 9 5 11."""
+    proposer = NgramProposer(min_n=1, max_n=2)
+    source = [1, 2, 3, 4, 5, 6, 7, 8, 9, 5, 11, 12]
+    seq = seq_of([*source, 0, 1, 2])
+    assert proposer.propose([seq], [2]).token_ids == [[3, 4]]  # "1 2" -> the source
+    seq.token_ids += [3, 50, 5]  # the copy diverged at 4
+    assert proposer.propose([seq], [3]).token_ids == [[6, 7, 8]]
+    fresh = seq_of(list(seq.token_ids))  # no followed match yet: the latest occurrence
+    assert NgramProposer(min_n=1, max_n=2).propose([fresh], [2]).token_ids == [[11, 12]]
+
+
 def test_trim_frees_blocks_left_empty_by_rejected_drafts():
     kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
     seq = seq_of(range(6))
