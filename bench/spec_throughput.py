@@ -4,6 +4,7 @@ workload; plus a cost model checked against it.
 
     python -m bench.spec_throughput --model PATH [--draft PATH] [--batch-sizes 1,4,16,64,256]
         [--task rewrite|extract|correct] [--k 4] [--lookup-min 2 --lookup-max 4]
+        [--adaptive-draft-length]
 
 Tasks (chat prompts over the prose paragraphs in PASSAGES):
 - rewrite (default): "Rewrite this passage, fixing the typos" over one paragraph with letter
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--lookup-min", type=int, default=2)
     ap.add_argument("--lookup-max", type=int, default=4)
+    ap.add_argument("--adaptive-draft-length", action="store_true")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -182,6 +184,7 @@ def main() -> None:
             "k": args.k,
             "prompt_lookup_min": args.lookup_min,
             "prompt_lookup_max": args.lookup_max,
+            "adaptive_draft_length": args.adaptive_draft_length,
         },
     }
     if args.draft:

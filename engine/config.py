@@ -218,6 +218,10 @@ class SpeculativeConfig:
     draft_model: str | None = None
     max_batch_size: int = 32
     verify_cost_ratio: float = 1.5  # verify-step time / plain-step time (H100, SmolLM2: ~1.5)
+    # Per-sequence draft length: after a rejection a sequence drafts only as many tokens as it
+    # got accepted + 1, doubling (up to num_speculative_tokens) after each fully accepted draft.
+    # Fewer rejected drafts per verify step; never more tokens per step.
+    adaptive_draft_length: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, SpeculativeMethod):

@@ -68,6 +68,7 @@ class Sequence:
     draft_token_ids: list[int] = field(default_factory=list)  # proposed for the next step only
     num_proposed_drafts: int = 0  # speculative decoding: drafts verified so far
     num_accepted_drafts: int = 0
+    max_draft_tokens: int | None = None  # per-sequence draft length (None: the config's k)
 
     @classmethod
     def from_request(cls, request: Request) -> Sequence:

@@ -91,11 +91,25 @@ class SpeculativeDecoder:
         return expected >= len(drafts) * (self.config.verify_cost_ratio - 1.0)
 
     def _budget(self, seq: Sequence) -> int:
-        """Drafts worth proposing: never past max_tokens or the context (a verified step emits
-        accepted drafts + 1)."""
+        """Drafts worth proposing: the sequence's own draft length (adaptive_draft_length) or
+        the config's, never past max_tokens or the context (a verified step emits accepted
+        drafts + 1)."""
         params = seq.request.sampling_params
         left = min(params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens)
-        return max(0, min(self.config.num_speculative_tokens, left - 1))
+        k = self.config.num_speculative_tokens
+        if self.config.adaptive_draft_length and seq.max_draft_tokens is not None:
+            k = seq.max_draft_tokens
+        return max(0, min(k, left - 1))
+
+    def _adapt_draft_length(self, seq: Sequence, num_drafts: int, num_accepted: int) -> None:
+        """After a verify step: shrink to the accepted run + 1 on a rejection, double after a
+        fully accepted draft (a draft cut short by the lookup or the budget counts as full)."""
+        k = self.config.num_speculative_tokens
+        current = k if seq.max_draft_tokens is None else seq.max_draft_tokens
+        if num_accepted < num_drafts:
+            seq.max_draft_tokens = num_accepted + 1
+        else:
+            seq.max_draft_tokens = min(k, 2 * current)
 
     def verify(self, chunks: list[ScheduledChunk], rows: list[torch.Tensor]) -> list[list[int]]:
         """New tokens for each chunk with drafts; rows[i] is chunk i's logits
@@ -119,6 +133,8 @@ class SpeculativeDecoder:
         for seq, d, accepted in zip(seqs, drafts, out.num_accepted, strict=True):
             seq.num_proposed_drafts += len(d)
             seq.num_accepted_drafts += accepted
+            if self.config.adaptive_draft_length and d:
+                self._adapt_draft_length(seq, len(d), accepted)
         for seq, r, tokens in zip(seqs, rows, out.token_ids, strict=True):
             n = seq.request.sampling_params.logprobs
             if n is not None:

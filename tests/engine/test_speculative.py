@@ -9,7 +9,10 @@ import torch
 from engine import LLM, SamplingParams
 from engine.config import SpeculativeConfig, SpeculativeMethod
 from engine.kv_cache_manager import KVCacheManager
+from engine.metrics import RunMetrics
 from engine.request import Request, Sequence
+from engine.scheduler import ScheduledChunk
+from engine.spec.decoder import SpeculativeDecoder
 from engine.spec.ngram import NgramProposer
 from engine.spec.rejection_sampler import RejectionSampler
 from tests.engine import tiny_models as tm
@@ -47,6 +50,42 @@ def test_ngram_follows_the_occurrence_nearest_to_where_the_copy_left_off():
     assert proposer.propose([seq], [3]).token_ids == [[6, 7, 8]]
     fresh = seq_of(list(seq.token_ids))  # no followed match yet: the latest occurrence
     assert NgramProposer(min_n=1, max_n=2).propose([fresh], [2]).token_ids == [[11, 12]]
+
+
+def _verify_one(decoder, seq, drafts, target_token_ids):
+    """Verify drafts for seq against a target whose argmax rows are target_token_ids."""
+    seq.num_computed_tokens = seq.num_tokens - 1
+    chunk = ScheduledChunk(seq, seq.num_tokens - 1, 1 + len(drafts), tuple(drafts))
+    rows = torch.full((len(target_token_ids), 600), -1.0)
+    rows[torch.arange(len(target_token_ids)), torch.tensor(target_token_ids)] = 1.0
+    tokens = decoder.verify([chunk], [rows])[0]
+    seq.token_ids += tokens
+    return tokens
+
+
+def test_adaptive_draft_length_shrinks_after_a_rejection_and_doubles_after_full_acceptance():
+    config = SpeculativeConfig(num_speculative_tokens=8, adaptive_draft_length=True)
+    decoder = SpeculativeDecoder(config, NgramProposer(1, 2), torch.Generator(), 4096, RunMetrics())
+    seq = seq_of([1, 2, 3], SamplingParams(temperature=0, max_tokens=100))
+    assert decoder._budget(seq) == 8
+    assert _verify_one(decoder, seq, [4, 5, 6, 7], [4, 5, 9, 0, 0]) == [4, 5, 9]
+    assert seq.max_draft_tokens == 3 and decoder._budget(seq) == 3  # 2 accepted + 1
+    assert _verify_one(decoder, seq, [10, 11, 12], [10, 11, 12, 13]) == [10, 11, 12, 13]
+    assert decoder._budget(seq) == 6
+    assert _verify_one(decoder, seq, [14], [14, 15]) == [14, 15]  # a short draft, all taken
+    assert decoder._budget(seq) == 8  # doubled, capped at num_speculative_tokens
+    assert _verify_one(decoder, seq, [20, 21], [30, 0, 0]) == [30]
+    assert decoder._budget(seq) == 1
+    fixed = SpeculativeDecoder(
+        SpeculativeConfig(num_speculative_tokens=8),
+        NgramProposer(1, 2),
+        torch.Generator(),
+        4096,
+        RunMetrics(),
+    )
+    other = seq_of([1, 2, 3], SamplingParams(temperature=0, max_tokens=100))
+    _verify_one(fixed, other, [4, 5, 6, 7], [9, 0, 0, 0, 0])
+    assert fixed._budget(other) == 8  # off: the config's k whatever the acceptance
 
 
 def test_trim_frees_blocks_left_empty_by_rejected_drafts():
@@ -188,6 +227,30 @@ def test_greedy_smollm2_is_identical_with_ngram_speculation(smollm2_dir):
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
     assert llm.metrics.num_accepted_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"method": "ngram", "k": 8, "prompt_lookup_min": 1},
+        {"method": "ngram", "k": 8, "prompt_lookup_min": 1, "adaptive_draft_length": True},
+    ],
+    ids=["k8", "k8_adaptive"],
+)
+def test_greedy_smollm2_is_identical_with_long_and_adaptive_ngram_drafts(smollm2_dir, spec):
+    text = (
+        "Copy out every sentence, word for word: The river rises in the mountains to the north. "
+        "It flows south through a narrow valley of pine forests. Thereit slows and widens."
+    )
+    prompts = [[{"role": "user", "content": text}], "Fix the typos: the quick brwon fox jumpd."]
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    reference = LLM(str(smollm2_dir), dtype="float32").generate(prompts, params, use_tqdm=False)
+    llm = LLM(str(smollm2_dir), dtype="float32", speculative=spec)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    m = llm.metrics
+    assert m.num_accepted_tokens > 0
+    assert m.num_accepted_tokens < m.num_draft_tokens  # some drafts were rejected
 
 
 def test_drafts_are_skipped_when_their_expected_tokens_cannot_pay_for_a_verify_step(tiny_pair):
