@@ -2,6 +2,8 @@
 kernels of a few decode steps (torch.profiler).
 
     python -m bench.profile_step --shape llama-3.2-1b --batch 512 --prompt-len 512
+    python -m bench.profile_step --shape llama-3.1-8b --batch 512 --prompt-len 1600 \
+        --system-prompts 4 --system-prompt-len 1536 [--plain-attention]   # WP-like
 """
 
 from __future__ import annotations
@@ -50,12 +52,17 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--kv", default="auto")
+    ap.add_argument("--system-prompts", type=int, default=0, help="prompts start with one of N")
+    ap.add_argument("--system-prompt-len", type=int, default=0)
+    ap.add_argument("--plain-attention", action="store_true", help="no shared-prefix attention")
     args = ap.parse_args()
     cfg = engine_config(args.shape, args.prompt_len + 256)
     model = random_model(cfg, torch.bfloat16, torch.device("cuda"))
     config = EngineConfig(
         model=cfg,
-        cache=CacheConfig(kv_cache_dtype=KVCacheDtype(args.kv)),
+        cache=CacheConfig(
+            kv_cache_dtype=KVCacheDtype(args.kv), shared_prefix_attention=not args.plain_attention
+        ),
         scheduler=SchedulerConfig(16384, args.batch),
         dtype=torch.bfloat16,
         device="cuda",
@@ -63,8 +70,15 @@ def main() -> None:
     engine = create_engine(config, model, OutputProcessor(None), frozenset())
     params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
     g = torch.Generator().manual_seed(0)
+    systems = [
+        torch.randint(10, cfg.vocab_size, (args.system_prompt_len,), generator=g).tolist()
+        for _ in range(args.system_prompts)
+    ]
     for i in range(args.batch):
-        prompt = torch.randint(10, cfg.vocab_size, (args.prompt_len,), generator=g).tolist()
+        own = args.prompt_len - (args.system_prompt_len if systems else 0)
+        prompt = torch.randint(10, cfg.vocab_size, (own,), generator=g).tolist()
+        if systems:
+            prompt = systems[i % len(systems)] + prompt
         engine.add_request(Request(i, tuple(prompt), params))
     while (
         any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running)
@@ -77,6 +91,7 @@ def main() -> None:
     for _ in range(args.steps):
         timed_step(engine, totals)
     print(
+        f"shared-prefix steps so far: {engine.metrics.num_shared_prefix_steps}; "
         f"decode step, batch {args.batch}, context ~{args.prompt_len}: "
         + ", ".join(f"{k} {v / args.steps * 1000:.2f} ms" for k, v in totals.items())
     )
