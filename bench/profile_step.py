@@ -34,7 +34,7 @@ def timed_step(engine, totals: dict[str, float]) -> None:
     sampling = [c.seq for c in out.chunks if c.sample]
     sampled = engine.sampler(logits, sampling)
     t3 = time.perf_counter()
-    engine.scheduler.update(out, sampled.token_ids)
+    engine.scheduler.update(out, [[t] for t in sampled.token_ids])
     t4 = time.perf_counter()
     for name, dt in (
         ("schedule", t1 - t0),
