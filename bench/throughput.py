@@ -105,14 +105,21 @@ def run_engine(
     for i, p in enumerate(prompts):
         engine.add_request(Request(i, tuple(p), params, arrival_index=i))
     done = 0
-    decode_ms, mixed_ms = [], []
+    decode_ms, mixed_ms, shared_ms = [], [], []
+    decode_batch, shared_batch = [], []
     m = engine.metrics
     while engine.num_unfinished:
         computed, generated, t = m.num_computed_tokens, m.num_generated_tokens, time.perf_counter()
+        running = len(engine.scheduler.running)
         done += len(engine.step())
         dt = (time.perf_counter() - t) * 1000
         is_decode = m.num_computed_tokens - computed == m.num_generated_tokens - generated
         (decode_ms if is_decode else mixed_ms).append(dt)
+        if is_decode:
+            decode_batch.append(running)
+            if engine.runner.last_shared_prefix is not None:
+                shared_ms.append(dt)
+                shared_batch.append(running)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     m = engine.metrics
@@ -135,12 +142,19 @@ def run_engine(
         "decode_s": m.decode_seconds,
         "shared_prefix_steps": m.num_shared_prefix_steps,
         "decode_steps": _step_stats(decode_ms),
+        "decode_batch_median": _median(decode_batch),
+        "shared_prefix_decode_steps": _step_stats(shared_ms),
+        "shared_prefix_batch_median": _median(shared_batch),
         "mixed_steps": _step_stats(mixed_ms),
     }
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+def _median(values: list[int]) -> float:
+    return float(sorted(values)[len(values) // 2]) if values else 0.0
 
 
 def _step_stats(ms: list[float]) -> dict:
@@ -237,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="WP: leave out the prefix-cache-on run with shared-prefix attention off",
     )
+    ap.add_argument("--only", default=None, help="comma-separated run names to keep")
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args(argv)
     w = WORKLOADS[args.workload]
@@ -284,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.skip_plain_attention:
             del variants["ours_prefix_on_plain_attn"]
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     for name, (kv_dtype, prefix, shared_attention) in variants.items():
         print(f"running {name}", flush=True)
         r = run_engine(
@@ -316,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results["runs"].items():
         if "decode_steps" in r:
             print(name, "decode steps", r["decode_steps"], "mixed steps", r["mixed_steps"])
+            print(
+                f"  decode batch median {r['decode_batch_median']:.0f}; shared-prefix steps",
+                r["shared_prefix_decode_steps"],
+                f"batch median {r['shared_prefix_batch_median']:.0f}",
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
