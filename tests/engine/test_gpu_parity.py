@@ -166,7 +166,11 @@ def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
         model=cfg,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=16),
-        speculative=SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1),
+        # verify every step with drafts: random weights rarely accept them, and the worth-
+        # verifying rule would otherwise skip them all
+        speculative=SpeculativeConfig(
+            num_speculative_tokens=3, prompt_lookup_min=1, verify_cost_ratio=1.0
+        ),
         dtype=torch.bfloat16,
         device="cuda",
     )
