@@ -3,6 +3,7 @@ allocate it, capture CUDA graphs. Shared by `LLM` and the benchmarks."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -142,4 +143,12 @@ def create_engine(
         config.cache.kv_cache_dtype.value,
         "on" if use_graphs else "off",
     )
-    return LLMEngine(config, runner, num_blocks, output_processor, eos_token_ids, proposer)
+    engine = LLMEngine(config, runner, num_blocks, output_processor, eos_token_ids, proposer)
+    # Move everything alive now (imported modules, the model, captured graphs: ~340k objects
+    # after importing transformers) out of the garbage collector's reach: they live as long as
+    # the process, and every full collection during generation traversed them again (a
+    # host-side stall of ~25 ms every few steps at 512 sequences; schedule() took 5.4 ms per
+    # step with them, 2.0 without). Objects stay freed by reference counting as usual.
+    gc.collect()
+    gc.freeze()
+    return engine
