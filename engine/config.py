@@ -252,3 +252,6 @@ class EngineConfig:
     dtype: torch.dtype = torch.bfloat16
     device: str = "cpu"
     seed: int = 0
+    # Schedule step N+1 while step N runs (engine/llm_engine.py). None: on for CUDA devices.
+    # Off whenever speculative decoding is configured.
+    overlap_scheduling: bool | None = None

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
-from engine.model_runner import HostBatch
+from engine.model_runner import HostBatch, PendingInputs
 from engine.models.llama import LlamaForCausalLM
 from engine.shared_prefix import SharedPrefixPlan, max_plan_tiles
 from kernels.shared_prefix import SharedPrefix
@@ -65,10 +65,20 @@ class StepGraphs:
             context_lens=torch.zeros(n, dtype=torch.int32, device=device),
             logits_indices=torch.arange(n * q, dtype=torch.int64, device=device),
         )
-        # host staging: ids, positions, slots (n * q each), then context_lens (n)
-        self.token_staging = torch.zeros((3, n * q), dtype=torch.int64).pin_memory()
-        self.context_staging = torch.zeros(n, dtype=torch.int32).pin_memory()
-        self.block_staging = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32).pin_memory()
+        # Pinned host staging, two sets used in turn: with overlapped scheduling the host fills
+        # step N+1's while step N's copies may still be queued on the device (step N-1's,
+        # which used the same set, completed before step N+1 is prepared).
+        # Per set: ids, positions, slots (n * q each); context_lens (n); block tables.
+        self._stagings = [
+            (
+                torch.zeros((3, n * q), dtype=torch.int64).pin_memory(),
+                torch.zeros(n, dtype=torch.int32).pin_memory(),
+                torch.zeros((n, max_blocks_per_seq), dtype=torch.int32).pin_memory(),
+            )
+            for _ in range(2)
+        ]
+        self._parity = 0
+        self.token_staging, self.context_staging, self.block_staging = self._stagings[0]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool
@@ -79,7 +89,10 @@ class StepGraphs:
             tiles = self.max_tiles(n)
             self.prefix_static = torch.zeros(2 * n + 4 * tiles, dtype=torch.int32, device=device)
             self.prefix_static[2 * n : 2 * n + tiles] = -1  # tile_leader: every tile unused
-            self.prefix_staging = torch.zeros(2 * n + 4 * tiles, dtype=torch.int32).pin_memory()
+            self._prefix_stagings = [
+                torch.zeros(2 * n + 4 * tiles, dtype=torch.int32).pin_memory() for _ in range(2)
+            ]
+            self.prefix_staging = self._prefix_stagings[0]
 
     def max_tiles(self, size: int) -> int:
         assert self.tiling is not None
@@ -154,12 +167,20 @@ class StepGraphs:
         return self.pool
 
     def run(
-        self, host: HostBatch, query_lens: list[int], plan: SharedPrefixPlan | None = None
+        self,
+        host: HostBatch,
+        query_lens: list[int],
+        plan: SharedPrefixPlan | None = None,
+        pending: PendingInputs | None = None,
     ) -> torch.Tensor:
         """Replay for a step whose sequence i runs query_lens[i] tokens (host rows in order);
         returns logits of the real rows, [sum(query_lens), vocab]."""
         n, q = len(query_lens), self.query_len
         size = next(s for s in self.sizes if s >= n)
+        self._parity ^= 1
+        self.token_staging, self.context_staging, self.block_staging = self._stagings[self._parity]
+        if self.tiling is not None:
+            self.prefix_staging = self._prefix_stagings[self._parity]
         tokens = self.token_staging
         tokens[:, : size * q].zero_()
         tokens[2, : size * q] = -1
@@ -191,6 +212,9 @@ class StepGraphs:
         s.block_tables[:n, :width].copy_(self.block_staging[:n, :width], non_blocking=True)
         if plan is not None:
             self.prefix_static.copy_(self.prefix_staging, non_blocking=True)
+        if pending is not None:
+            assert q == 1, "pending inputs come from plain decode steps"
+            pending.fill(s.input_ids)
         self.graphs[size].replay()
         if q == 1:
             return self.model.compute_logits(self.outputs[size][:n])

@@ -3,6 +3,7 @@ allocate it, capture CUDA graphs. Shared by `LLM` and the benchmarks."""
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
@@ -151,4 +152,7 @@ def create_engine(
     # step with them, 2.0 without). Objects stay freed by reference counting as usual.
     gc.collect()
     gc.freeze()
+    # Give them back at exit so that shutdown collects as usual (extension modules check for
+    # objects left alive then, and complain).
+    atexit.register(gc.unfreeze)
     return engine

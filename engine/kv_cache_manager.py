@@ -99,7 +99,9 @@ class KVCacheManager:
 
     def _hash_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
         """Extend seq.block_hashes to cover every full block within its first num_tokens tokens."""
-        num_full = min(num_tokens, seq.num_tokens) // self.block_size
+        # A block holding a pending token (not read from the device yet) is not hashed: its
+        # content is unknown here, so it is not offered to the prefix cache.
+        num_full = min(num_tokens, seq.num_tokens - seq.num_pending_tokens) // self.block_size
         while len(seq.block_hashes) < num_full:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[i - 1] if i else None

@@ -81,6 +81,7 @@ class LLM:
         cache_dir: Path | None = None,
         cuda_graphs: bool = True,
         speculative: SpeculativeConfig | Mapping[str, Any] | None = None,
+        overlap_scheduling: bool | None = None,
     ) -> None:
         started = time.perf_counter()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,6 +120,7 @@ class LLM:
             dtype=torch_dtype,
             device=device,
             seed=seed,
+            overlap_scheduling=overlap_scheduling,
         )
         torch_device = torch.device(device)
         net = build_model(

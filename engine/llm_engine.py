@@ -2,25 +2,46 @@
 
 The engine takes already-tokenized Requests; text in and text out live in `engine.llm`.
 Call order per step: schedule(), execute(), sampler, update(), stop strings, completions.
+
+Overlapped scheduling (on by default on CUDA without speculative decoding): the host does not
+wait for step N's sampled tokens before scheduling and launching step N+1. Each sequence that
+sampled in step N gets a PENDING_TOKEN; step N+1 reads those tokens on the device, and while it
+runs, the host reads step N's tokens, puts them in place and applies the stop rules. A sequence
+that stops at step N (EOS, stop token or string) has already been given a row in step N+1; that
+row's token is dropped. max_tokens is known in advance, so those sequences are not scheduled.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from engine.config import EngineConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.metrics import RunMetrics
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, PendingInputs
 from engine.output_processor import OutputProcessor, error_completion
 from engine.outputs import Completion
-from engine.request import FinishReason, Request, Sequence
+from engine.request import PENDING_TOKEN, FinishReason, Request, Sequence
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from engine.spec.decoder import SpeculativeDecoder
 from engine.spec.proposer import Proposer
+
+
+@dataclass
+class _InFlight:
+    """A launched step whose sampled tokens the host has not read yet."""
+
+    out: SchedulerOutput
+    sampling: list[ScheduledChunk]
+    logits: torch.Tensor
+    tokens: torch.Tensor  # [len(sampling)] on the device
+    tokens_host: torch.Tensor  # its copy (pinned on CUDA), valid once ready has passed
+    ready: torch.cuda.Event | None
+    rows: dict[int, int]  # id(seq) -> its row in tokens
 
 
 class LLMEngine:
@@ -52,6 +73,12 @@ class LLMEngine:
                 config.model.max_model_len,
                 self.metrics,
             )
+        overlap = config.overlap_scheduling
+        if overlap is None:
+            overlap = config.device.startswith("cuda")
+        # verify steps need their drafts' outcome on the host before the next proposal
+        self.overlap = overlap and self.speculator is None
+        self._inflight: _InFlight | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -100,6 +127,7 @@ class LLMEngine:
     def abort_all(self) -> int:
         """Drop every unfinished request (their blocks go back to the pool); returns how many.
         Used when a caller abandons a stream."""
+        self.drain()
         seqs = list(self.scheduler.waiting) + list(self.scheduler.running)
         for seq in seqs:
             self.scheduler.abort(seq)
@@ -108,7 +136,10 @@ class LLMEngine:
         return len(seqs)
 
     def step(self) -> list[Completion]:
-        """Run one step; returns the requests that finished in it."""
+        """Run one step; returns the requests that finished in it (with overlapped scheduling:
+        the requests whose finishing token was read in it)."""
+        if self.overlap:
+            return self._step_overlapped()
         started = time.perf_counter()
         if self.speculator is not None:
             self.speculator.propose(self.scheduler.running)
@@ -136,6 +167,91 @@ class LLMEngine:
             if self.speculator is not None:
                 self.speculator.proposer.release(seq)
         self._record(out, num_generated, blocks_used, started)
+        return [self.output_processor.completion(seq) for seq in finished]
+
+    def drain(self) -> list[Completion]:
+        """Read the tokens of a launched step, if any (overlapped scheduling); returns the
+        requests they finished. Afterwards no token is pending."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return []
+        return self._read_inflight(inflight)
+
+    def _step_overlapped(self) -> list[Completion]:
+        started = time.perf_counter()
+        previous = self._inflight
+        out = self.scheduler.schedule()
+        self._inflight = None
+        if not out.is_empty:
+            blocks_used = self.kv_cache.pool.num_used_blocks
+            pending = self._pending_inputs(out, previous)
+            logits = self.runner.execute(out, pending)
+            sampling = [c for c in out.chunks if c.sample]
+            seqs = [c.seq for c in sampling]
+            tokens = self.sampler.sample_on_device(logits, seqs)
+            ready = None
+            if tokens.is_cuda:
+                tokens_host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+                tokens_host.copy_(tokens, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                tokens_host = tokens
+            for seq in seqs:
+                seq.token_ids.append(PENDING_TOKEN)
+            self._inflight = _InFlight(
+                out,
+                sampling,
+                logits,
+                tokens,
+                tokens_host,
+                ready,
+                {id(s): i for i, s in enumerate(seqs)},
+            )
+            self._record(out, 0, blocks_used, started)
+        elif previous is None:
+            assert not self.scheduler.running, "running sequences but nothing scheduled"
+        return self._read_inflight(previous) if previous is not None else []
+
+    def _pending_inputs(
+        self, out: SchedulerOutput, previous: _InFlight | None
+    ) -> PendingInputs | None:
+        """Where this step's pending input tokens come from: the previous step's samples."""
+        rows, sources = [], []
+        row = 0
+        for chunk in out.chunks:
+            seq = chunk.seq
+            if seq.token_ids[chunk.start + chunk.num_tokens - 1] == PENDING_TOKEN:
+                assert previous is not None and chunk.num_tokens == 1
+                rows.append(row)
+                sources.append(previous.rows[id(seq)])
+            row += chunk.num_tokens
+        if not rows:
+            return None
+        assert previous is not None
+        return PendingInputs(rows, sources, previous.tokens)
+
+    def _read_inflight(self, inflight: _InFlight) -> list[Completion]:
+        if inflight.ready is not None:
+            inflight.ready.synchronize()
+        ids = inflight.tokens_host.tolist()
+        seqs = [c.seq for c in inflight.sampling]
+        logprobs = self.sampler.logprobs(inflight.logits, seqs, ids)
+        finished = []
+        num_generated = 0
+        for chunk, token_id, logprob in zip(inflight.sampling, ids, logprobs, strict=True):
+            seq = chunk.seq
+            if seq.is_finished:  # stopped at the step before (its row here was spare) or aborted
+                continue
+            num_generated += 1
+            if logprob is not None:
+                seq.logprobs.append(logprob)
+            if self.scheduler.resolve(chunk, token_id) is not None:
+                finished.append(seq)
+            elif self.output_processor.find_stop_string(seq):
+                self.scheduler.finish(seq, FinishReason.STOP)
+                finished.append(seq)
+        self.metrics.num_generated_tokens += num_generated
         return [self.output_processor.completion(seq) for seq in finished]
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[list[int]]:

@@ -15,6 +15,7 @@ import torch
 from engine.config import CacheConfig, KVCacheDtype, ModelConfig
 from engine.forward_batch import ForwardBatch, LayerKVCache
 from engine.models.llama import LlamaForCausalLM
+from engine.request import PENDING_TOKEN
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
 from kernels.shared_prefix import SharedPrefix
@@ -66,6 +67,22 @@ def allocate_kv_caches(
                 )
             )
     return layers
+
+
+@dataclass
+class PendingInputs:
+    """Input rows whose token is still on the device: rows[i] of this step's input_ids takes
+    tokens[sources[i]], tokens being the previous step's sampled ids (device tensor)."""
+
+    rows: list[int]
+    sources: list[int]
+    tokens: torch.Tensor
+
+    def fill(self, input_ids: torch.Tensor) -> None:
+        device = input_ids.device
+        rows = torch.tensor(self.rows).to(device, non_blocking=True)
+        sources = torch.tensor(self.sources).to(device, non_blocking=True)
+        input_ids[rows] = self.tokens[sources].to(input_ids.dtype)
 
 
 @dataclass
@@ -217,10 +234,16 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+    def execute(self, out: SchedulerOutput, pending: PendingInputs | None = None) -> torch.Tensor:
         """Run one step; returns fp32 logits [num_rows, vocab_size] in chunk order: one row per
-        sampling chunk, 1 + len(drafts) rows for a chunk with drafts."""
+        sampling chunk, 1 + len(drafts) rows for a chunk with drafts. pending supplies the
+        input tokens that the previous step sampled and the host has not read yet (they are
+        PENDING_TOKEN in the host batch), copied on the device."""
         host = build_host_batch(out, self.block_size)
+        num_pending = host.input_ids.count(PENDING_TOKEN)
+        assert num_pending == (len(pending.rows) if pending is not None else 0), (
+            "a pending input token has no source"
+        )
         # every sequence is decoding (maybe with drafts): a uniform step
         uniform = all(c.sample and c.num_tokens == 1 + len(c.draft_token_ids) for c in out.chunks)
         plan = None
@@ -231,8 +254,10 @@ class ModelRunner:
             query_lens = [c.num_tokens for c in out.chunks]
             for graphs in self.graphs:
                 if graphs.fits(host, query_lens, plan):
-                    return graphs.run(host, query_lens, plan)
+                    return graphs.run(host, query_lens, plan, pending)
         batch = self.prepare(host)
+        if pending is not None:
+            pending.fill(batch.input_ids)
         if plan is not None:
             batch.shared_prefix = self.shared_prefix_tensors(plan)
         hidden = self.model(batch, self.kv_caches)

@@ -10,6 +10,10 @@ import torch
 
 from engine.sampling_params import SamplingParams
 
+# Stands in token_ids for a token sampled by a step whose result the host has not read yet
+# (overlapped scheduling, engine/llm_engine.py): the device fills it into the next step's input.
+PENDING_TOKEN = -1
+
 
 class FinishReason(enum.Enum):
     STOP = "stop"  # an EOS or stop token id, or a stop string
@@ -87,8 +91,14 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
+    def num_pending_tokens(self) -> int:
+        """Trailing tokens sampled on the device but not read yet (0 or 1)."""
+        return 1 if self.token_ids and self.token_ids[-1] == PENDING_TOKEN else 0
+
+    @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+        """Generated tokens known on the host (a pending one excluded)."""
+        return self.token_ids[self.num_prompt_tokens : self.num_tokens - self.num_pending_tokens]
 
     @property
     def is_finished(self) -> bool:

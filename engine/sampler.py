@@ -48,13 +48,25 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), vocab] fp32, row i for seqs[i]. Advances seeded sequences'
         generators by one draw each; mutates nothing else."""
+        ids = self.sample_on_device(logits, seqs).tolist()
+        return SamplerOutput(ids, self.logprobs(logits, seqs, ids))
+
+    def sample_on_device(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The next token of each row as a tensor on logits' device, without waiting for the
+        device (the overlapped engine reads it a step later)."""
         params = [s.request.sampling_params for s in seqs]
         greedy_rows = [p.greedy for p in params]
         token_ids = logits.argmax(dim=-1)
         if not all(greedy_rows):
-            greedy = torch.tensor(greedy_rows, device=logits.device)
+            greedy = torch.tensor(greedy_rows).to(logits.device, non_blocking=True)
             token_ids = torch.where(greedy, token_ids, self._sample(logits, seqs))
-        ids = token_ids.tolist()
+        return token_ids
+
+    def logprobs(
+        self, logits: torch.Tensor, seqs: list[Sequence], ids: list[int]
+    ) -> list[TokenLogprob | None]:
+        """Logprobs of the sampled ids (and top-n) for the rows whose request asks for them."""
+        params = [s.request.sampling_params for s in seqs]
         logprobs: list[TokenLogprob | None] = [None] * len(seqs)
         wanted = [i for i, p in enumerate(params) if p.logprobs is not None]
         if wanted:
@@ -67,18 +79,16 @@ class Sampler:
                     values, indices = all_logprobs[j].topk(n)
                     top = dict(zip(indices.tolist(), values.tolist(), strict=True))
                 logprobs[i] = TokenLogprob(ids[i], float(all_logprobs[j, ids[i]]), top)
-        return SamplerOutput(ids, logprobs)
+        return logprobs
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.request.sampling_params for s in seqs]
-        temperature = torch.tensor(
-            [p.temperature if p.temperature > 0 else 1.0 for p in params],
-            device=logits.device,
-        )
-        top_k = torch.tensor([p.top_k for p in params], device=logits.device)
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-        scaled = logits / temperature.unsqueeze(1)
-        if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):
+        device = logits.device
+        temperature = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params])
+        scaled = logits / temperature.to(device, non_blocking=True).unsqueeze(1)
+        if any(p.top_k > 0 or p.top_p < 1.0 for p in params):  # decided on the host: no sync
+            top_k = torch.tensor([p.top_k for p in params]).to(device, non_blocking=True)
+            top_p = torch.tensor([p.top_p for p in params]).to(device, non_blocking=True)
             scaled = apply_top_k_top_p(scaled, top_k, top_p)
         probs = scaled.softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(generator=self.generator)

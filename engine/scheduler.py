@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from engine.config import SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
-from engine.request import FinishReason, Sequence, SequenceStatus
+from engine.request import PENDING_TOKEN, FinishReason, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
+            if seq.num_output_tokens >= seq.request.sampling_params.max_tokens:
+                continue  # its last token is pending (overlapped steps): it finishes on reading
             num_real = seq.num_tokens - seq.num_computed_tokens
             drafts = seq.draft_token_ids if num_real == 1 else []
             seq.draft_token_ids = []
@@ -180,21 +182,45 @@ class Scheduler:
             self.finish(seq, FinishReason.ERROR)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a running sequence now and free its blocks (idempotent)."""
+        """End a sequence now, running or (preempted while its last token was pending) waiting,
+        drop a pending token and free its blocks (idempotent)."""
         if seq.is_finished:
             return
-        if seq in self.running:
+        if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.num_pending_tokens:
+            del seq.token_ids[-seq.num_pending_tokens :]
         self.kv_cache.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
-    def _stop_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+    def _stop_reason(
+        self, seq: Sequence, token_id: int, num_output_tokens: int | None = None
+    ) -> FinishReason | None:
+        """Why seq stops after token_id, its num_output_tokens-th output token (default: the
+        last of token_ids)."""
         params = seq.request.sampling_params
         if token_id in params.stop_token_ids:
             return FinishReason.STOP
         if not params.ignore_eos and token_id in self.eos_token_ids:
             return FinishReason.STOP
-        if seq.num_output_tokens >= params.max_tokens:
+        if num_output_tokens is None:
+            num_output_tokens = seq.num_output_tokens
+        if num_output_tokens >= params.max_tokens:
             return FinishReason.LENGTH
         return None
+
+    def resolve(self, chunk: ScheduledChunk, token_id: int) -> FinishReason | None:
+        """Overlapped steps: put the token read from the device in place of the pending one
+        that chunk sampled; if seq stops there, finish it (dropping a later pending token) and
+        return why. The caller skips sequences that finished or were aborted meanwhile."""
+        seq = chunk.seq
+        position = chunk.start + chunk.num_tokens
+        assert seq.token_ids[position] == PENDING_TOKEN
+        seq.token_ids[position] = token_id
+        reason = self._stop_reason(seq, token_id, position + 1 - seq.num_prompt_tokens)
+        if reason is not None:
+            self.finish(seq, reason)
+        return reason

@@ -65,21 +65,23 @@ def _models():
     return cfg, (hf, hf32), ours
 
 
-def _run(cfg, model, prompts, max_tokens, budget):
-    """Run the engine; return per request the list of (token ids so far, logits row)."""
+def _run(cfg, model, prompts, max_tokens, budget, overlap=False):
+    """Run the engine; return per request the list of (token ids so far, logits row). The
+    recording reads each step's inputs on the host, so steps run one at a time by default."""
     config = EngineConfig(
         model=cfg,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=64),
         dtype=torch.bfloat16,
         device="cuda",
+        overlap_scheduling=overlap,
     )
     engine = create_engine(config, model, OutputProcessor(None), frozenset())
     seen: dict[int, list] = {}
     execute = engine.runner.execute
 
-    def recording_execute(out):
-        logits = execute(out)
+    def recording_execute(out, pending=None):
+        logits = execute(out, pending)
         sampled = [c.seq for c in out.chunks if c.sample]
         for seq, row in zip(sampled, logits, strict=True):
             seen.setdefault(seq.request.request_id, []).append(
@@ -160,6 +162,24 @@ def test_shared_prefix_decode_logits_match_transformers_in_cuda_graphs():
     _check(hf, [step for steps in seen.values() for step in steps])
 
 
+def test_overlapped_scheduling_gives_the_same_tokens_in_cuda_graphs():
+    """The default on CUDA: step N+1 launched before step N's tokens are read, its pending
+    input tokens copied on the device. Same greedy tokens as one step at a time."""
+    cfg, _, ours = _models()
+    g = torch.Generator().manual_seed(5)
+    system = torch.randint(10, 32000, (64,), generator=g).tolist()
+    prompts = [
+        system + torch.randint(10, 32000, (3 + 11 * i,), generator=g).tolist() for i in range(12)
+    ]
+    runs = {}
+    for overlap in (False, True):
+        seen, completions, engine = _run(cfg, ours, prompts, 12, budget=256, overlap=overlap)
+        assert engine.overlap is overlap
+        runs[overlap] = sorted((c.request_id, list(c.token_ids)) for c in completions)
+    assert runs[True] == runs[False]
+    assert all(len(t) == 12 for _, t in runs[True])
+
+
 def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
     cfg, hf, ours = _models()
     config = EngineConfig(
@@ -181,9 +201,9 @@ def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
     for graphs in engine.runner.graphs:
         original = graphs.run
 
-        def counting_run(host, query_lens, plan=None, _run=original, _q=graphs.query_len):
+        def counting_run(host, query_lens, *args, _run=original, _q=graphs.query_len):
             graph_runs.append(_q)
-            return _run(host, query_lens, plan)
+            return _run(host, query_lens, *args)
 
         graphs.run = counting_run
     seen = []

@@ -1,0 +1,121 @@
+"""Overlapped scheduling (step N+1 scheduled and launched before step N's tokens are read) must
+give exactly what one-step-at-a-time gives: tokens, finish reasons, logprobs, seeded samples,
+stop strings, and a KV pool that empties, with preemption and chunked prefill in the mix."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import LLM, SamplingParams
+from engine.llm import GenerationRequest
+from engine.request import PENDING_TOKEN
+from tests.engine import tiny_models as tm
+
+
+def run_both(path, prompts, params, **engine_args):
+    results = {}
+    for overlap in (False, True):
+        llm = LLM(str(path), dtype="float32", overlap_scheduling=overlap, **engine_args)
+        assert llm.engine.overlap is overlap
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        m = llm.metrics
+        assert m.num_generated_tokens == sum(len(o.token_ids) for o in outs)
+        assert llm.engine.kv_cache.pool.num_used_blocks == 0
+        assert all(PENDING_TOKEN not in o.token_ids for o in outs)
+        results[overlap] = (outs, m)
+    return results
+
+
+def as_tuples(outs):
+    return [
+        (
+            list(o.token_ids),
+            o.text,
+            o.finish_reason,
+            [(lp.token_id, round(lp.logprob, 4)) for lp in (o.logprobs or [])],
+        )
+        for o in outs
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama3_overlap")
+    tm.make_tiny_model("llama3", path, seed=3)
+    return path
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"max_num_batched_tokens": 8},  # chunked prefill
+        {"num_blocks": 20, "block_size": 4, "max_num_batched_tokens": 16},  # preemption
+    ],
+    ids=["default", "chunked_prefill", "preempting"],
+)
+def test_tiny_model_outputs_are_identical_with_overlap(tiny_llama, variant) -> None:
+    prompts = tm.random_prompts(7, 1, 40, seed=4)
+    prompts += [prompts[0] + p for p in prompts[1:3]]  # shared prefixes: prefix-cache hits
+    params = [
+        SamplingParams(max_tokens=1 + 5 * i, temperature=0, ignore_eos=True)
+        for i in range(len(prompts))
+    ]
+    results = run_both(tiny_llama, prompts, params, **variant)
+    assert as_tuples(results[True][0]) == as_tuples(results[False][0])
+    if "num_blocks" in variant:
+        assert results[True][1].num_preemptions > 0
+
+
+def test_seeded_sampling_and_logprobs_are_identical_with_overlap(tiny_llama) -> None:
+    prompts = tm.random_prompts(5, 3, 20, seed=5)
+    params = [
+        SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=11 + i, logprobs=2)
+        for i in range(len(prompts))
+    ]
+    results = run_both(tiny_llama, prompts, params)
+    assert as_tuples(results[True][0]) == as_tuples(results[False][0])
+
+
+def test_smollm2_eos_and_stop_strings_are_identical_with_overlap(smollm2_dir) -> None:
+    """Answers that end at EOS at different steps, one cut by a stop string and one by a
+    stop token: their spare rows in the step after the stop are dropped."""
+    chats = [
+        [{"role": "user", "content": q}]
+        for q in (
+            "Say hi.",
+            "What is 2 + 2? Answer with a number only.",
+            "Name three colors.",
+            "Write one sentence about the sea.",
+            "Count from 1 to 10.",
+        )
+    ]
+    params = [
+        SamplingParams(max_tokens=48, temperature=0),
+        SamplingParams(max_tokens=48, temperature=0),
+        SamplingParams(max_tokens=48, temperature=0, stop=[","]),
+        SamplingParams(max_tokens=7, temperature=0),
+        SamplingParams(max_tokens=48, temperature=0, stop_token_ids=[28]),  # "5" in SmolLM2
+    ]
+    results = run_both(smollm2_dir, chats, params)
+    overlapped, plain = as_tuples(results[True][0]), as_tuples(results[False][0])
+    assert overlapped == plain
+    reasons = [o[2].value for o in plain]
+    assert "stop" in reasons and "length" in reasons
+
+
+def test_closing_a_stream_early_leaves_nothing_pending(tiny_llama) -> None:
+    llm = LLM(str(tiny_llama), dtype="float32", overlap_scheduling=True)
+    prompts = tm.random_prompts(12, 3, 20, seed=6)
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    stream = llm.stream(
+        (GenerationRequest(prompt_token_ids=p, sampling_params=params) for p in prompts),
+        max_pending=4,
+    )
+    next(stream)
+    stream.close()
+    assert llm.engine.num_unfinished == 0
+    assert llm.engine.kv_cache.pool.num_used_blocks == 0
+    # the engine still works afterwards
+    outs = llm.generate(prompts[:2], params, use_tqdm=False)
+    assert all(len(o.token_ids) == 30 for o in outs)
