@@ -3,7 +3,8 @@
 The engine takes already-tokenized Requests; text in and text out live in `engine.llm`.
 Call order per step: schedule(), execute(), sampler, update(), stop strings, completions.
 
-Overlapped scheduling (on by default on CUDA without speculative decoding): the host does not
+Overlapped scheduling (on by default on CUDA; with speculative decoding only while it is
+switched off for a large batch): the host does not
 wait for step N's sampled tokens before scheduling and launching step N+1. Each sequence that
 sampled in step N gets a PENDING_TOKEN; step N+1 reads those tokens on the device, and while it
 runs, the host reads step N's tokens, puts them in place and applies the stop rules. A sequence
@@ -76,8 +77,9 @@ class LLMEngine:
         overlap = config.overlap_scheduling
         if overlap is None:
             overlap = config.device.startswith("cuda")
-        # verify steps need their drafts' outcome on the host before the next proposal
-        self.overlap = overlap and self.speculator is None
+        # With speculative decoding, only the steps where it is switched off overlap: a verify
+        # step needs the previous tokens on the host to propose.
+        self.overlap = overlap
         self._inflight: _InFlight | None = None
 
     @property
@@ -138,8 +140,17 @@ class LLMEngine:
     def step(self) -> list[Completion]:
         """Run one step; returns the requests that finished in it (with overlapped scheduling:
         the requests whose finishing token was read in it)."""
-        if self.overlap:
+        if self.overlap and not (
+            self.speculator is not None and self.speculator.would_draft(self.scheduler.running)
+        ):
+            if self.speculator is not None:
+                self.speculator.propose(self.scheduler.running)  # off: counts it, logs a switch
             return self._step_overlapped()
+        drained = self.drain()
+        return drained + self._step_one()
+
+    def _step_one(self) -> list[Completion]:
+        """A step whose tokens are read before it returns (verify steps, or overlap off)."""
         started = time.perf_counter()
         if self.speculator is not None:
             self.speculator.propose(self.scheduler.running)

@@ -49,10 +49,15 @@ class SpeculativeDecoder:
         }  # running average per token-row: verify / plain
         self._step_count = {True: 0, False: 0}
 
+    def would_draft(self, running: list[Sequence]) -> bool:
+        """Whether this step proposes drafts: 1..max_batch_size sequences decoding."""
+        decoding = sum(1 for s in running if s.num_computed_tokens == s.num_tokens - 1)
+        return 0 < decoding <= self.config.max_batch_size
+
     def propose(self, running: list[Sequence]) -> None:
         """Set draft_token_ids on the running sequences that are decoding (when active)."""
         decoding = [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
-        active = 0 < len(decoding) <= self.config.max_batch_size
+        active = self.would_draft(running)
         if decoding and active != self.active:
             logger.info(
                 "speculative decoding %s: %d sequences decoding (limit %d)",

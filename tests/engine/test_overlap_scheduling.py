@@ -119,3 +119,31 @@ def test_closing_a_stream_early_leaves_nothing_pending(tiny_llama) -> None:
     # the engine still works afterwards
     outs = llm.generate(prompts[:2], params, use_tqdm=False)
     assert all(len(o.token_ids) == 30 for o in outs)
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_speculation_switching_on_and_off_with_overlap_gives_identical_outputs(
+    tmp_path_factory, method
+) -> None:
+    """Speculation off while more than 2 sequences decode (those steps overlap), on once the
+    batch drains (the in-flight step is read first, then drafts are proposed and verified)."""
+    target = tmp_path_factory.mktemp("overlap_target")
+    draft = tmp_path_factory.mktemp("overlap_draft")
+    tm.make_tiny_model("qwen2", target, seed=0)
+    tm.make_tiny_model("qwen2", draft, seed=1)
+    prompts = [p * 3 for p in tm.random_prompts(6, 4, 10, seed=7)]  # repetitive: n-gram hits
+    params = [
+        SamplingParams(max_tokens=4 + 6 * i, temperature=0, ignore_eos=True)
+        for i in range(len(prompts))
+    ]
+    spec = {"method": method, "k": 3, "prompt_lookup_min": 1, "max_batch_size": 2}
+    if method == "draft":
+        spec["model"] = str(draft)
+    plain = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
+    llm = LLM(str(target), dtype="float32", speculative=spec, overlap_scheduling=True)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
+    m = llm.metrics
+    assert m.num_spec_off_steps > 0 and m.num_spec_steps > 0
+    assert m.num_generated_tokens == sum(len(o.token_ids) for o in outs)
+    assert llm.engine.kv_cache.pool.num_used_blocks == 0
