@@ -16,7 +16,8 @@ Dict form (every section and key optional except input.url, output.url and model
     sharding: {num_shards | rows_per_shard}
     grouping: {dedup, prefix_grouping}
     engine: {kv_cache_dtype, max_num_batched_tokens, block_size, max_num_seqs,
-             enable_prefix_caching, num_blocks, dtype, device, seed}
+             enable_prefix_caching, shared_prefix_attention, overlap_scheduling,
+             num_blocks, dtype, device, seed, speculative}
     storage_options: {endpoint_url, ...}   # fsspec options; credentials from the environment
 """
 
@@ -247,6 +248,8 @@ class EngineOptions:
     block_size: int = 16
     max_num_seqs: int = 256
     enable_prefix_caching: bool = True
+    shared_prefix_attention: bool = True
+    overlap_scheduling: bool | None = None  # None: on for CUDA
     num_blocks: int | None = None
     dtype: str = "auto"
     device: str | None = None
@@ -269,9 +272,12 @@ class EngineOptions:
         for name in ("max_num_batched_tokens", "block_size", "max_num_seqs"):
             _check_positive(name, getattr(self, name))
         _check_positive("num_blocks", self.num_blocks, allow_none=True)
-        if not isinstance(self.enable_prefix_caching, bool):
+        for flag in ("enable_prefix_caching", "shared_prefix_attention"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.overlap_scheduling is not None and not isinstance(self.overlap_scheduling, bool):
             raise ValueError(
-                f"enable_prefix_caching must be true or false, got {self.enable_prefix_caching!r}"
+                f"overlap_scheduling must be true, false or null, got {self.overlap_scheduling!r}"
             )
         if self.device is not None:
             _check_name("device", self.device)
