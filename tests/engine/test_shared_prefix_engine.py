@@ -24,13 +24,16 @@ def shared_system_prompt_requests() -> list[list[int]]:
     ]
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["one_step_at_a_time", "overlapped"])
 def test_greedy_outputs_equal_plain_attention_and_shared_prefix_steps_run(
-    tiny_llama, monkeypatch
+    tiny_llama, monkeypatch, overlap
 ) -> None:
     monkeypatch.setenv("BATCHGEN_KERNELS", "triton")
     prompts = shared_system_prompt_requests()
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-    args = dict(dtype="float32", device="cpu", block_size=4, num_blocks=128)
+    args = dict(
+        dtype="float32", device="cpu", block_size=4, num_blocks=128, overlap_scheduling=overlap
+    )
     outputs = {}
     for on in (False, True):
         llm = LLM(str(tiny_llama), shared_prefix_attention=on, **args)
