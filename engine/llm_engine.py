@@ -263,6 +263,9 @@ class LLMEngine:
                 self.scheduler.finish(seq, FinishReason.STOP)
                 finished.append(seq)
         self.metrics.num_generated_tokens += num_generated
+        if self.speculator is not None:
+            for seq in finished:
+                self.speculator.proposer.release(seq)
         return [self.output_processor.completion(seq) for seq in finished]
 
     def _sample(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[list[int]]:

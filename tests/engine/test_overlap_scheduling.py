@@ -131,19 +131,27 @@ def test_speculation_switching_on_and_off_with_overlap_gives_identical_outputs(
     draft = tmp_path_factory.mktemp("overlap_draft")
     tm.make_tiny_model("qwen2", target, seed=0)
     tm.make_tiny_model("qwen2", draft, seed=1)
-    prompts = [p * 3 for p in tm.random_prompts(6, 4, 10, seed=7)]  # repetitive: n-gram hits
+    prompts = [p * 3 for p in tm.random_prompts(12, 4, 10, seed=7)]  # repetitive: n-gram hits
     params = [
-        SamplingParams(max_tokens=4 + 6 * i, temperature=0, ignore_eos=True)
+        SamplingParams(max_tokens=4 + 5 * (i % 6), temperature=0, ignore_eos=True)
         for i in range(len(prompts))
     ]
     spec = {"method": method, "k": 3, "prompt_lookup_min": 1, "max_batch_size": 2}
     if method == "draft":
         spec["model"] = str(draft)
-    plain = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
-    llm = LLM(str(target), dtype="float32", speculative=spec, overlap_scheduling=True)
+    # at most 3 running: speculation turns on when one finishes (2 decoding) and off again when
+    # the next is admitted, so sequences with proposer state also finish in overlapped steps
+    args = dict(dtype="float32", max_num_seqs=3)
+    plain = LLM(str(target), **args).generate(prompts, params, use_tqdm=False)
+    llm = LLM(str(target), speculative=spec, overlap_scheduling=True, **args)
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
     m = llm.metrics
     assert m.num_spec_off_steps > 0 and m.num_spec_steps > 0
     assert m.num_generated_tokens == sum(len(o.token_ids) for o in outs)
     assert llm.engine.kv_cache.pool.num_used_blocks == 0
+    proposer = llm.engine.speculator.proposer
+    kept = proposer._indexes if method == "ngram" else proposer.states
+    assert not kept, "the proposer still holds state of finished sequences"
+    if method == "draft":
+        assert proposer.kv_cache.pool.num_used_blocks == 0
