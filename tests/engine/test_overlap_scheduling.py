@@ -4,6 +4,8 @@ stop strings, and a KV pool that empties, with preemption and chunked prefill in
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine import LLM, SamplingParams
@@ -155,3 +157,34 @@ def test_speculation_switching_on_and_off_with_overlap_gives_identical_outputs(
     assert not kept, "the proposer still holds state of finished sequences"
     if method == "draft":
         assert proposer.kv_cache.pool.num_used_blocks == 0
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_random_mixes_of_requests_give_identical_outputs_with_overlap(tiny_llama, trial) -> None:
+    """Seeded random batches: lengths, shared prefixes, stop tokens that fire at random steps,
+    seeded sampling, logprobs, small caches (preemption) and token budgets (chunking)."""
+    rng = random.Random(trial)
+    n = rng.randint(3, 20)
+    prompts = [[rng.randrange(3, 500) for _ in range(rng.randint(1, 60))] for _ in range(n)]
+    if rng.random() < 0.5:
+        prompts = [prompts[0] + p if rng.random() < 0.5 else p for p in prompts]
+    params = []
+    for _ in range(n):
+        kw: dict = {"max_tokens": rng.randint(1, 30), "ignore_eos": rng.random() < 0.5}
+        if rng.random() < 0.4:
+            kw["stop_token_ids"] = [rng.randrange(3, 500) for _ in range(40)]
+        if rng.random() < 0.3:
+            kw.update(temperature=1.0, seed=rng.randint(0, 99))
+        else:
+            kw["temperature"] = 0
+        if rng.random() < 0.2:
+            kw["logprobs"] = 1
+        params.append(SamplingParams(**kw))
+    args = {
+        "block_size": 4,
+        "num_blocks": rng.choice([24, 40, 200]),
+        "max_num_batched_tokens": rng.choice([8, 16, 64]),
+        "max_num_seqs": rng.choice([2, 4, 16]),
+    }
+    results = run_both(tiny_llama, prompts, params, **args)
+    assert as_tuples(results[True][0]) == as_tuples(results[False][0])
