@@ -1,6 +1,7 @@
 """The host planner of shared-prefix attention: which sequences share which prefix."""
 
 import numpy as np
+import pytest
 
 from engine.shared_prefix import max_plan_tiles, plan_shared_prefix
 
@@ -71,3 +72,39 @@ def test_no_plan_when_sharing_saves_little() -> None:
     assert plan_shared_prefix(table(rows), contexts, BLOCK, 4, 8) is None  # 4 of 64 tokens
     assert plan_shared_prefix(table([[1, 2], [3, 4]]), np.array([8, 8]), BLOCK, 4, 8) is None
     assert plan_shared_prefix(table([[1, 2]]), np.array([8]), BLOCK, 4, 8) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_prefix_trees_give_plans_whose_tiles_really_share_their_prefix(seed) -> None:
+    """Block tables grown like the prefix cache grows them (a new sequence reuses a prefix of
+    an earlier one's blocks, then gets fresh blocks); every plan must hold its contract."""
+    rng = np.random.default_rng(seed)
+    rows: list[list[int]] = []
+    next_block = 0
+    for _ in range(int(rng.integers(2, 40))):
+        shared: list[int] = []
+        if rows and rng.random() < 0.8:
+            parent = rows[int(rng.integers(len(rows)))]
+            shared = parent[: int(rng.integers(0, len(parent) + 1))]
+        own = int(rng.integers(1, 6))
+        rows.append(shared + list(range(next_block, next_block + own)))
+        next_block += own
+    contexts = np.array([(len(r) - 1) * BLOCK + int(rng.integers(1, BLOCK + 1)) for r in rows])
+    spt = int(rng.choice([1, 2, 4, 16]))
+    plan = plan_shared_prefix(table(rows), contexts, BLOCK, spt, 8, min_saved_fraction=0.0)
+    if plan is None:
+        return
+    assert sorted(plan.seq_order.tolist()) == list(range(len(rows)))
+    covered = set()
+    for t in range(plan.num_tiles):
+        leader = int(plan.tile_leader[t])
+        prefix = int(plan.tile_prefix_len[t])
+        first, count = int(plan.tile_first[t]), int(plan.tile_count[t])
+        assert 1 <= count <= spt and prefix > 0 and prefix % BLOCK == 0
+        for s in plan.seq_order[first : first + count].tolist():
+            assert rows[s][: prefix // BLOCK] == rows[leader][: prefix // BLOCK]
+            assert prefix <= contexts[s] - 1  # the last token is read by the plain pass
+            assert plan.prefix_lens[s] == prefix
+            covered.add(s)
+    assert all(plan.prefix_lens[s] == 0 for s in range(len(rows)) if s not in covered)
+    assert (plan.tile_leader[plan.num_tiles :] == -1).all()
