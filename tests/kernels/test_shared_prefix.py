@@ -188,3 +188,48 @@ def test_shared_prefix_attention_matches_plain_at_real_sizes_in_bf16(int8) -> No
     )
     out = paged_attention(*args, shared_prefix=prefix)
     torch.testing.assert_close(out, paged_attention_ref(*args), atol=1.5e-2, rtol=1.5e-2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shared_prefix_attention_matches_plain_over_random_prefix_trees(seed) -> None:
+    """Nested sharing (a sequence shares some blocks with one group and fewer with another),
+    as the prefix cache produces it; fp32, so the split must not change the result."""
+    rng = np.random.default_rng(seed)
+    block_size, num_kv_heads, group, head_dim = 4, 2, 2, 16
+    rows: list[list[int]] = []
+    next_block = 0
+    for _ in range(int(rng.integers(4, 14))):
+        shared: list[int] = []
+        if rows and rng.random() < 0.8:
+            parent = rows[int(rng.integers(len(rows)))]
+            shared = parent[: int(rng.integers(0, len(parent) + 1))]
+        own = int(rng.integers(1, 4))
+        rows.append(shared + list(range(next_block, next_block + own)))
+        next_block += own
+    contexts = np.array(
+        [(len(r) - 1) * block_size + int(rng.integers(1, block_size + 1)) for r in rows],
+        dtype=np.int32,
+    )
+    table = np.zeros((len(rows), max(map(len, rows))), dtype=np.int32)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = r
+    plan = plan_shared_prefix(table, contexts, block_size, 8, 4, min_saved_fraction=0.0)
+    assert plan is not None
+    generator = torch.Generator().manual_seed(seed)
+    shape = (next_block, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=generator).to(DEVICE)
+    v_cache = torch.randn(shape, generator=generator).to(DEVICE)
+    query = torch.randn(len(rows), num_kv_heads * group, head_dim, generator=generator).to(DEVICE)
+    n = len(rows)
+    args = (
+        query,
+        k_cache,
+        v_cache,
+        torch.from_numpy(table).to(DEVICE),
+        torch.arange(n + 1, dtype=torch.int32, device=DEVICE),
+        torch.from_numpy(contexts).to(DEVICE),
+        0.25,
+    )
+    prefix = to_device(plan, 8, max_plan_tiles(n, 8, 4), DEVICE)
+    out = paged_attention(*args, shared_prefix=prefix)
+    torch.testing.assert_close(out, paged_attention_ref(*args), atol=1e-5, rtol=1e-5)
