@@ -240,6 +240,7 @@ def measure(dataset: Path, output: Path, model: str, rows_per_shard: int) -> dic
                     for i, row in enumerate(unique.rows)
                 )
         writer.flush()
+        writer.close()
         num_records += writer.num_rows
         output_dir.finalize((r.row_id for r in rows), {})
     if num_records != plan.num_rows or num_requests != totals.num_requests:

@@ -16,7 +16,7 @@ Protocol (every step is one `Store.write_new` / `Store.put_if_absent`, each atom
 3. When every row of the shard is in a committed part, the manifest listing those parts is
    written put-if-absent. Readers of results trust only parts listed in manifests.
 
-A kill -9 anywhere loses at most the rows of the part being written and duplicates nothing:
+A kill -9 anywhere loses at most the rows of the parts being written and duplicates nothing:
 before step 2 the part is an orphan nobody trusts, and the rerun regenerates exactly the ids
 not yet in a committed part (under a new attempt name); after step 2 its ids are skipped.
 Orphan parts and hidden temp files are garbage, never read. One runner per shard at a time is
@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,31 +163,80 @@ class ShardOutput:
 
 
 class PartWriter:
-    """Buffers output records and commits a part every rows_per_part records (and on flush),
-    so a crash loses at most one part's worth of rows."""
+    """Buffers output records and commits a part every rows_per_part records (and on flush).
 
-    def __init__(self, output: ShardOutput, encoder: PartEncoder, rows_per_part: int) -> None:
+    With background=True, parts are encoded and committed (steps 1 and 2) on one writer thread,
+    in order, so a slow object store does not pause generation; at most max_in_flight parts wait
+    for it (add blocks beyond that). A crash loses at most the parts in flight and the buffer,
+    which the rerun regenerates. A failed commit is raised by the next add() or flush().
+    Call flush() to commit everything, and close() in any case (it waits for the thread).
+    """
+
+    def __init__(
+        self,
+        output: ShardOutput,
+        encoder: PartEncoder,
+        rows_per_part: int,
+        *,
+        background: bool = True,
+        max_in_flight: int = 2,
+    ) -> None:
         self.output = output
         self.encoder = encoder
         self.rows_per_part = rows_per_part
         self.attempt = new_attempt_id()
         self.buffer: list[OutputRecord] = []
-        self.num_parts = 0
+        self.num_parts = 0  # parts handed to commit (all committed once flush() returns)
         self.num_rows = 0
+        self.max_in_flight = max_in_flight
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-part-writer")
+            if background
+            else None
+        )
+        self._in_flight: deque[Future[None]] = deque()
 
     def add(self, records: Iterable[OutputRecord]) -> None:
         self.buffer.extend(records)
         while len(self.buffer) >= self.rows_per_part:
             self._commit(self.buffer[: self.rows_per_part])
             del self.buffer[: self.rows_per_part]
+        self._collect(wait=False)
 
     def flush(self) -> None:
+        """Commit the buffer and wait until every part is committed."""
         if self.buffer:
             self._commit(self.buffer)
             self.buffer = []
+        self._collect(wait=True)
+
+    def close(self) -> None:
+        """Stop the writer thread after the parts already handed to it (errors were or will
+        be raised by add/flush; close itself does not raise them)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _commit(self, records: Sequence[OutputRecord]) -> None:
         part = f"{self.attempt}-{self.num_parts:05d}{self.encoder.suffix}"
-        self.output.commit_part(part, self.encoder.encode(records), [r.id for r in records])
         self.num_parts += 1
         self.num_rows += len(records)
+        if self._executor is None:
+            self._write(part, list(records))
+            return
+        while len(self._in_flight) >= self.max_in_flight:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._executor.submit(self._write, part, list(records)))
+
+    def _write(self, part: str, records: list[OutputRecord]) -> None:
+        self.output.commit_part(part, self.encoder.encode(records), [r.id for r in records])
+
+    def _collect(self, wait: bool) -> None:
+        """Take finished commits off the queue (all of them if wait), raising the first error."""
+        while self._in_flight and (wait or self._in_flight[0].done()):
+            self._in_flight.popleft().result()

@@ -179,8 +179,9 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where results go. rows_per_part: a part is committed every this many rows, so a crash
-    loses at most that much work. overwrite: redo shards that are already complete."""
+    """Where results go. rows_per_part: a part is committed every this many rows (on a writer
+    thread, at most 2 parts in flight), so a crash loses at most ~3x that much work.
+    overwrite: redo shards that are already complete."""
 
     url: str
     format: DataFormat = DataFormat.PARQUET

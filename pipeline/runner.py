@@ -7,7 +7,8 @@ Call order inside run_shard, and why:
 3. Invalid rows are written as error records at once; they never reach the engine.
 4. Valid rows are deduplicated and ordered by shared prefix; a background thread tokenizes in
    that order while the engine streams; each completion fans out to its rows' records.
-5. Parts commit every output.rows_per_part records; the manifest is written last.
+5. Parts commit every output.rows_per_part records, on a writer thread so that storage latency
+   does not pause the engine (at most 2 parts wait for it); the manifest is written last.
 """
 
 from __future__ import annotations
@@ -125,19 +126,22 @@ def run_shard(
         with_logprobs=config.sampling.logprobs is not None,
     )
     writer = PartWriter(output, encoder, config.output.rows_per_part)
-    carry = config.input.carry_columns
-    invalid = [error_record(r, r.error, carry) for r in todo if r.error is not None]
-    writer.add(invalid)
-    bar.advance(len(invalid))
-    unique = group_requests(todo, config.grouping.dedup)
-    ordered = order_requests(unique, config.grouping.prefix_grouping)
-    before = replace(llm.metrics)
-    num_failed = 0
-    for records, num_generated in _generate(llm, config, ordered):
-        writer.add(records)
-        num_failed += sum(1 for r in records if r.error is not None)
-        bar.advance(len(records), num_generated)
-    writer.flush()
+    try:
+        carry = config.input.carry_columns
+        invalid = [error_record(r, r.error, carry) for r in todo if r.error is not None]
+        writer.add(invalid)
+        bar.advance(len(invalid))
+        unique = group_requests(todo, config.grouping.dedup)
+        ordered = order_requests(unique, config.grouping.prefix_grouping)
+        before = replace(llm.metrics)
+        num_failed = 0
+        for records, num_generated in _generate(llm, config, ordered):
+            writer.add(records)
+            num_failed += sum(1 for r in records if r.error is not None)
+            bar.advance(len(records), num_generated)
+        writer.flush()
+    finally:
+        writer.close()
     delta = metrics_delta(before, llm.metrics)
     num_valid = len(todo) - len(invalid)
     report = ShardReport(

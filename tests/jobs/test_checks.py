@@ -61,8 +61,9 @@ def commit_shard(root: Path, fmt: DataFormat, records: list[OutputRecord]) -> St
     store = Store(str(root))
     output = ShardOutput(store, 0, FINGERPRINT)
     writer = PartWriter(output, PartEncoder(fmt, "m", {}, with_logprobs=False), rows_per_part=2)
-    writer.add(records)
-    writer.flush()
+    with writer:
+        writer.add(records)
+        writer.flush()
     output.finalize((r.id for r in records), {"shard": 0})
     return store
 

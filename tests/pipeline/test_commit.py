@@ -63,10 +63,10 @@ def test_put_if_absent_lets_exactly_one_writer_win(store: Store):
 
 def test_writer_commits_a_part_every_n_rows_and_the_manifest_lists_them(store: Store):
     output = ShardOutput(store, 3, "job")
-    writer = PartWriter(output, _encoder(), rows_per_part=4)
-    writer.add(_record(f"r{i}") for i in range(10))
-    assert writer.num_parts == 2  # 8 rows committed, 2 buffered
-    writer.flush()
+    with PartWriter(output, _encoder(), rows_per_part=4) as writer:
+        writer.add(_record(f"r{i}") for i in range(10))
+        assert writer.num_parts == 2  # 8 rows handed to commit, 2 buffered
+        writer.flush()
     manifest = output.finalize([f"r{i}" for i in range(10)], {"rows": 10})
     assert [p["num_rows"] for p in manifest["parts"]] == [4, 4, 2]
     assert output.is_complete()
@@ -141,3 +141,52 @@ def test_openai_jsonl_parts_have_the_batch_output_shape():
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "text of r1"}
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
     assert failed["response"] is None and failed["error"]["message"] == "row 2: prompt: empty"
+
+
+class GatedOutput(ShardOutput):
+    """A shard output whose commits wait until the test opens the gate (a slow object store)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, 0, "job")
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.fail_with: Exception | None = None
+
+    def commit_part(self, part, data, ids):
+        self.started.release()
+        assert self.gate.wait(timeout=30)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return super().commit_part(part, data, ids)
+
+
+def test_writer_commits_on_its_thread_and_blocks_only_past_the_parts_in_flight(
+    store: Store,
+) -> None:
+    output = GatedOutput(store)
+    with PartWriter(output, _encoder(), rows_per_part=2, max_in_flight=2) as writer:
+        # two parts' worth returns at once although no commit can finish yet
+        writer.add(_record(f"r{i}") for i in range(4))
+        assert output.started.acquire(timeout=30)  # the first commit is waiting at the gate
+        assert output.committed_ids() == set()
+        third = threading.Thread(target=writer.add, args=([_record("r4"), _record("r5")],))
+        third.start()
+        third.join(timeout=0.5)
+        assert third.is_alive()  # a third part waits for room
+        output.gate.set()
+        third.join(timeout=30)
+        assert not third.is_alive()
+        writer.flush()
+    assert output.committed_ids() == {f"r{i}" for i in range(6)}
+    assert writer.num_parts == 3 and writer.num_rows == 6
+
+
+def test_a_failed_background_commit_is_raised_by_flush(store: Store) -> None:
+    output = GatedOutput(store)
+    output.fail_with = OSError("gateway gone")
+    output.gate.set()
+    with PartWriter(output, _encoder(), rows_per_part=2) as writer:
+        writer.add(_record(f"r{i}") for i in range(2))
+        with pytest.raises(OSError, match="gateway gone"):
+            writer.flush()
+    assert output.committed_ids() == set()
