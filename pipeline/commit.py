@@ -19,7 +19,8 @@ Protocol (every step is one `Store.write_new` / `Store.put_if_absent`, each atom
 A kill -9 anywhere loses at most the rows of the parts being written and duplicates nothing:
 before step 2 the part is an orphan nobody trusts, and the rerun regenerates exactly the ids
 not yet in a committed part (under a new attempt name); after step 2 its ids are skipped.
-Orphan parts and hidden temp files are garbage, never read. One runner per shard at a time is
+Orphan parts are garbage, never read, and deleted once the manifest is written (hidden temp
+files of killed local writes are left). One runner per shard at a time is
 the orchestrator's job; `finalize` refuses (RuntimeError) a shard where two runners committed
 the same id. Overwrite deletes manifest, then commit records, then parts, so an interrupted
 overwrite never leaves a commit record pointing at a missing part that would be trusted.
@@ -128,7 +129,9 @@ class ShardOutput:
 
     def finalize(self, expected_ids: Iterable[str], report: dict[str, Any]) -> dict[str, Any]:
         """Step 3: check every expected id is in exactly one committed part, then write the
-        manifest (put-if-absent; if another runner wrote it first, that one is returned)."""
+        manifest (put-if-absent; if another runner wrote it first, that one is returned).
+        The runner that wrote the manifest then deletes the parts it does not list (orphans of
+        killed attempts, never read by anyone)."""
         records = self.committed()
         seen: dict[str, str] = {}
         for record in records:
@@ -156,6 +159,10 @@ class ShardOutput:
         }
         name = f"{self.dir}/{MANIFEST_FILE}"
         if self.store.put_if_absent(name, json.dumps(manifest, indent=1).encode()):
+            listed = {r.part for r in records}
+            for part in self.store.list_names(f"{self.dir}/parts"):
+                if part not in listed:
+                    self.store.delete(f"{self.dir}/parts/{part}")
             return manifest
         stored = self.manifest()
         assert stored is not None

@@ -190,3 +190,14 @@ def test_a_failed_background_commit_is_raised_by_flush(store: Store) -> None:
         with pytest.raises(OSError, match="gateway gone"):
             writer.flush()
     assert output.committed_ids() == set()
+
+
+def test_finalize_deletes_orphan_parts_and_keeps_the_listed_ones(store: Store) -> None:
+    output = ShardOutput(store, 0, "job")
+    output.commit_part("a-00000.parquet", _encoder().encode([_record("r1")]), ["r1"])
+    # a killed attempt's part that never got its commit record
+    store.write_new("shards/00000/parts/b-00000.parquet", _encoder().encode([_record("r2")]))
+    output.commit_part("c-00000.parquet", _encoder().encode([_record("r2")]), ["r2"])
+    manifest = output.finalize(["r1", "r2"], {})
+    assert [p["name"] for p in manifest["parts"]] == ["a-00000.parquet", "c-00000.parquet"]
+    assert store.list_names("shards/00000/parts") == ["a-00000.parquet", "c-00000.parquet"]

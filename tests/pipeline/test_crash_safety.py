@@ -295,19 +295,26 @@ def num_objects(store: Store, folder: str) -> int:
 
 
 def assert_no_torn_object(store: Store) -> None:
-    """Every object a reader can see is whole: each visible part (orphans included) is complete
-    Parquet, each commit record names exactly its part's ids, and each manifest lists parts
-    that exist and hold the rows it says. Safe while a job writes: the manifest is read before
-    the parts are listed (its parts were written before it), parts before commit records."""
+    """Every object a reader can see is whole: each visible part (orphans included, unless
+    deleted after their shard's manifest) is complete Parquet, each commit record names exactly
+    its part's ids, and each manifest lists parts that exist and hold the rows it says. Safe
+    while a job writes: the manifest is read before the parts are listed (its parts were
+    written before it), parts before commit records."""
     for index in range(NUM_SHARDS):
         folder = shard_dir(index)
         manifest = None
         if store.exists(f"{folder}/{MANIFEST_FILE}"):
             manifest = json.loads(store.read_bytes(f"{folder}/{MANIFEST_FILE}"))
-        parts = {
-            name: pq.read_table(io.BytesIO(store.read_bytes(f"{folder}/parts/{name}")))
-            for name in store.list_names(f"{folder}/parts")
-        }
+        listed = {p["name"] for p in manifest["parts"]} if manifest else set()
+        parts = {}
+        for name in store.list_names(f"{folder}/parts"):
+            try:
+                data = store.read_bytes(f"{folder}/parts/{name}")
+            except FileNotFoundError:
+                # an orphan deleted by the finalize that wrote a manifest meanwhile
+                assert name not in listed, f"shard {index}: listed part {name} vanished"
+                continue
+            parts[name] = pq.read_table(io.BytesIO(data))
         for name in store.list_names(f"{folder}/commits"):
             record = CommitRecord.from_json(store.read_bytes(f"{folder}/commits/{name}"))
             if record.part in parts:
