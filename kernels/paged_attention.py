@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.kv_tile import attend_kv_tile
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -209,48 +210,37 @@ def _paged_attention_kernel(
     for kv_start in range(kv_begin, kv_end, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         key_mask = keys < kv_end
-        block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
-        block_ids = block_ids.to(tl.int64)
-        slots_in_block = keys % BLOCK_SIZE
-        k_rows = block_ids * stride_k_cache_block + slots_in_block * stride_k_cache_slot
-        k = tl.load(k_head_ptr + k_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
-        # [BLOCK_M, BLOCK_N] fp32 logits in base 2. q and k (INT8 codes too) are exact in
-        # DOT_DTYPE, so the softmax scale is applied after the dot rather than folded into q.
-        scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
-        if IS_INT8:
-            k_scale_offsets = (
-                block_ids * stride_k_scale_block
-                + slots_in_block * stride_k_scale_slot
-                + kv_head * stride_k_scale_head
-            )
-            k_scale = tl.load(k_scale_ptr + k_scale_offsets, mask=key_mask, other=0.0)
-            scores = scores * (k_scale * qk_scale)[None, :]
-        else:
-            scores = scores * qk_scale
         visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
-        scores = tl.where(visible, scores, float("-inf"))
-
-        new_max = tl.maximum(max_score, tl.max(scores, axis=1))
-        # A row that has seen nothing yet (padding rows, masked heads) keeps -inf; shift it by 0
-        # instead so exp2 gives 0, not NaN.
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        probs = tl.exp2(scores - shift[:, None])  # [BLOCK_M, BLOCK_N]
-        correction = tl.exp2(max_score - shift)  # [BLOCK_M]
-        denominator = denominator * correction + tl.sum(probs, axis=1)
-        max_score = new_max
-
-        v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
-        v = tl.load(v_head_ptr + v_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
-        if IS_INT8:
-            v_scale_offsets = (
-                block_ids * stride_v_scale_block
-                + slots_in_block * stride_v_scale_slot
-                + kv_head * stride_v_scale_head
-            )
-            v_scale = tl.load(v_scale_ptr + v_scale_offsets, mask=key_mask, other=0.0)
-            v = v.to(tl.float32) * v_scale[:, None]  # dequantized in registers only
-        acc = acc * correction[:, None] + tl.dot(
-            probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        acc, max_score, denominator = attend_kv_tile(
+            q,
+            acc,
+            max_score,
+            denominator,
+            keys,
+            key_mask,
+            visible,
+            block_table_ptr,
+            k_head_ptr,
+            v_head_ptr,
+            k_scale_ptr,
+            v_scale_ptr,
+            kv_head,
+            dims,
+            qk_scale,
+            stride_k_cache_block,
+            stride_k_cache_slot,
+            stride_v_cache_block,
+            stride_v_cache_slot,
+            stride_k_scale_block,
+            stride_k_scale_slot,
+            stride_k_scale_head,
+            stride_v_scale_block,
+            stride_v_scale_slot,
+            stride_v_scale_head,
+            BLOCK_SIZE,
+            IS_INT8,
+            DOT_DTYPE,
+            DOT_PRECISION,
         )
 
     if HAS_PREFIX:  # merge with the prefix part: both are softmax pieces of one row

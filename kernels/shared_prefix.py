@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.kv_tile import attend_kv_tile
+
 
 @dataclass
 class SharedPrefix:
@@ -151,42 +153,36 @@ def _shared_prefix_kernel(
     for kv_start in range(0, prefix_len, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)
         key_mask = keys < prefix_len  # every prefix key precedes every query: no causal mask
-        block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
-        block_ids = block_ids.to(tl.int64)
-        slots_in_block = keys % BLOCK_SIZE
-        k_rows = block_ids * stride_k_cache_block + slots_in_block * stride_k_cache_slot
-        k = tl.load(k_head_ptr + k_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
-        scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
-        if IS_INT8:
-            k_scale_offsets = (
-                block_ids * stride_k_scale_block
-                + slots_in_block * stride_k_scale_slot
-                + kv_head * stride_k_scale_head
-            )
-            k_scale = tl.load(k_scale_ptr + k_scale_offsets, mask=key_mask, other=0.0)
-            scores = scores * (k_scale * qk_scale)[None, :]
-        else:
-            scores = scores * qk_scale
-        scores = tl.where(key_mask[None, :], scores, float("-inf"))
-        new_max = tl.maximum(max_score, tl.max(scores, axis=1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        probs = tl.exp2(scores - shift[:, None])
-        correction = tl.exp2(max_score - shift)
-        denominator = denominator * correction + tl.sum(probs, axis=1)
-        max_score = new_max
-
-        v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
-        v = tl.load(v_head_ptr + v_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
-        if IS_INT8:
-            v_scale_offsets = (
-                block_ids * stride_v_scale_block
-                + slots_in_block * stride_v_scale_slot
-                + kv_head * stride_v_scale_head
-            )
-            v_scale = tl.load(v_scale_ptr + v_scale_offsets, mask=key_mask, other=0.0)
-            v = v.to(tl.float32) * v_scale[:, None]
-        acc = acc * correction[:, None] + tl.dot(
-            probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        acc, max_score, denominator = attend_kv_tile(
+            q,
+            acc,
+            max_score,
+            denominator,
+            keys,
+            key_mask,
+            key_mask[None, :],
+            block_table_ptr,
+            k_head_ptr,
+            v_head_ptr,
+            k_scale_ptr,
+            v_scale_ptr,
+            kv_head,
+            dims,
+            qk_scale,
+            stride_k_cache_block,
+            stride_k_cache_slot,
+            stride_v_cache_block,
+            stride_v_cache_slot,
+            stride_k_scale_block,
+            stride_k_scale_slot,
+            stride_k_scale_head,
+            stride_v_scale_block,
+            stride_v_scale_slot,
+            stride_v_scale_head,
+            BLOCK_SIZE,
+            IS_INT8,
+            DOT_DTYPE,
+            DOT_PRECISION,
         )
 
     seen = denominator > 0.0

@@ -1,0 +1,84 @@
+"""One step of flash-style attention over the paged KV cache, shared by the paged attention and
+shared-prefix kernels: load the keys at positions `keys` through a block table (dequantizing an
+INT8 cache in registers), score them against the query tile, and fold them into the running
+online softmax (max_score, denominator) and accumulator. Scores are in base 2 (qk_scale
+includes log2(e)); `visible` masks what each query row may see."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def attend_kv_tile(
+    q,  # [BLOCK_M, HEAD_DIM] in DOT_DTYPE
+    acc,  # [BLOCK_M, HEAD_DIM] fp32
+    max_score,  # [BLOCK_M] fp32
+    denominator,  # [BLOCK_M] fp32
+    keys,  # [BLOCK_N] positions in the sequence
+    key_mask,  # [BLOCK_N] positions that exist
+    visible,  # [BLOCK_M, BLOCK_N] (or broadcastable): what each row may attend to
+    block_table_ptr,  # the sequence's row of the block table
+    k_head_ptr,  # k_cache_ptr offset to this KV head
+    v_head_ptr,
+    k_scale_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads] fp32 (IS_INT8 only)
+    v_scale_ptr,
+    kv_head,
+    dims,  # [HEAD_DIM]
+    qk_scale,
+    stride_k_cache_block,
+    stride_k_cache_slot,
+    stride_v_cache_block,
+    stride_v_cache_slot,
+    stride_k_scale_block,
+    stride_k_scale_slot,
+    stride_k_scale_head,
+    stride_v_scale_block,
+    stride_v_scale_slot,
+    stride_v_scale_head,
+    BLOCK_SIZE: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
+    block_ids = block_ids.to(tl.int64)
+    slots_in_block = keys % BLOCK_SIZE
+    k_rows = block_ids * stride_k_cache_block + slots_in_block * stride_k_cache_slot
+    k = tl.load(k_head_ptr + k_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+    # [BLOCK_M, BLOCK_N] fp32 logits in base 2. q and k (INT8 codes too) are exact in
+    # DOT_DTYPE, so the softmax scale is applied after the dot rather than folded into q.
+    scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
+    if IS_INT8:
+        k_scale_offsets = (
+            block_ids * stride_k_scale_block
+            + slots_in_block * stride_k_scale_slot
+            + kv_head * stride_k_scale_head
+        )
+        k_scale = tl.load(k_scale_ptr + k_scale_offsets, mask=key_mask, other=0.0)
+        scores = scores * (k_scale * qk_scale)[None, :]
+    else:
+        scores = scores * qk_scale
+    scores = tl.where(visible, scores, float("-inf"))
+
+    new_max = tl.maximum(max_score, tl.max(scores, axis=1))
+    # A row that has seen nothing yet (padding rows, masked heads) keeps -inf; shift it by 0
+    # instead so exp2 gives 0, not NaN.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    probs = tl.exp2(scores - shift[:, None])  # [BLOCK_M, BLOCK_N]
+    correction = tl.exp2(max_score - shift)  # [BLOCK_M]
+    denominator = denominator * correction + tl.sum(probs, axis=1)
+
+    v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
+    v = tl.load(v_head_ptr + v_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+    if IS_INT8:
+        v_scale_offsets = (
+            block_ids * stride_v_scale_block
+            + slots_in_block * stride_v_scale_slot
+            + kv_head * stride_v_scale_head
+        )
+        v_scale = tl.load(v_scale_ptr + v_scale_offsets, mask=key_mask, other=0.0)
+        v = v.to(tl.float32) * v_scale[:, None]  # dequantized in registers only
+    acc = acc * correction[:, None] + tl.dot(
+        probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+    )
+    return acc, new_max, denominator
