@@ -4,15 +4,10 @@ import numpy as np
 import pytest
 
 from engine.shared_prefix import max_plan_tiles, plan_shared_prefix
+from tests.block_tables import contexts_ending_in_last_block, random_prefix_tree
+from tests.block_tables import padded as table
 
 BLOCK = 4
-
-
-def table(rows: list[list[int]]) -> np.ndarray:
-    out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 def test_groups_are_the_sequences_sharing_their_deepest_shared_block() -> None:
@@ -79,17 +74,8 @@ def test_random_prefix_trees_give_plans_whose_tiles_really_share_their_prefix(se
     """Block tables grown like the prefix cache grows them (a new sequence reuses a prefix of
     an earlier one's blocks, then gets fresh blocks); every plan must hold its contract."""
     rng = np.random.default_rng(seed)
-    rows: list[list[int]] = []
-    next_block = 0
-    for _ in range(int(rng.integers(2, 40))):
-        shared: list[int] = []
-        if rows and rng.random() < 0.8:
-            parent = rows[int(rng.integers(len(rows)))]
-            shared = parent[: int(rng.integers(0, len(parent) + 1))]
-        own = int(rng.integers(1, 6))
-        rows.append(shared + list(range(next_block, next_block + own)))
-        next_block += own
-    contexts = np.array([(len(r) - 1) * BLOCK + int(rng.integers(1, BLOCK + 1)) for r in rows])
+    rows, _ = random_prefix_tree(rng, num_seqs=(2, 40), own_blocks=(1, 6))
+    contexts = contexts_ending_in_last_block(rng, rows, BLOCK)
     spt = int(rng.choice([1, 2, 4, 16]))
     plan = plan_shared_prefix(table(rows), contexts, BLOCK, spt, 8, min_saved_fraction=0.0)
     if plan is None:

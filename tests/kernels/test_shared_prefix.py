@@ -15,6 +15,7 @@ from kernels.shared_prefix import (
     shared_prefix_attention,
     shared_prefix_attention_ref,
 )
+from tests.block_tables import contexts_ending_in_last_block, padded, random_prefix_tree
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1.5e-2}
@@ -50,10 +51,7 @@ def make_decode_batch(
     for _ in range(num_padding_seqs):
         rows.append([])
         contexts.append(0)
-    width = max(len(r) for r in rows)
-    table = np.zeros((len(rows), width), dtype=np.int32)
-    for i, r in enumerate(rows):
-        table[i, : len(r)] = r
+    table = padded(rows)
     num_seqs = len(rows)
     cache_shape = (2 * need + 1, block_size, num_kv_heads, head_dim)
     k_cache = torch.randn(cache_shape, generator=generator).to(dtype=dtype, device=device)
@@ -196,23 +194,9 @@ def test_shared_prefix_attention_matches_plain_over_random_prefix_trees(seed) ->
     as the prefix cache produces it; fp32, so the split must not change the result."""
     rng = np.random.default_rng(seed)
     block_size, num_kv_heads, group, head_dim = 4, 2, 2, 16
-    rows: list[list[int]] = []
-    next_block = 0
-    for _ in range(int(rng.integers(4, 14))):
-        shared: list[int] = []
-        if rows and rng.random() < 0.8:
-            parent = rows[int(rng.integers(len(rows)))]
-            shared = parent[: int(rng.integers(0, len(parent) + 1))]
-        own = int(rng.integers(1, 4))
-        rows.append(shared + list(range(next_block, next_block + own)))
-        next_block += own
-    contexts = np.array(
-        [(len(r) - 1) * block_size + int(rng.integers(1, block_size + 1)) for r in rows],
-        dtype=np.int32,
-    )
-    table = np.zeros((len(rows), max(map(len, rows))), dtype=np.int32)
-    for i, r in enumerate(rows):
-        table[i, : len(r)] = r
+    rows, next_block = random_prefix_tree(rng, num_seqs=(4, 14), own_blocks=(1, 4))
+    contexts = contexts_ending_in_last_block(rng, rows, block_size)
+    table = padded(rows)
     plan = plan_shared_prefix(table, contexts, block_size, 8, 4, min_saved_fraction=0.0)
     assert plan is not None
     generator = torch.Generator().manual_seed(seed)
