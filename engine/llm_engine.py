@@ -36,7 +36,6 @@ from engine.spec.proposer import Proposer
 class _InFlight:
     """A launched step whose sampled tokens the host has not read yet."""
 
-    out: SchedulerOutput
     sampling: list[ScheduledChunk]
     logits: torch.Tensor
     tokens: torch.Tensor  # [len(sampling)] on the device
@@ -211,7 +210,6 @@ class LLMEngine:
             for seq in seqs:
                 seq.token_ids.append(PENDING_TOKEN)
             self._inflight = _InFlight(
-                out,
                 sampling,
                 logits,
                 tokens,

@@ -135,10 +135,6 @@ def padded_block_table_np(rows: list[list[int]], width: int) -> np.ndarray:
     return table
 
 
-def padded_block_table(rows: list[list[int]], width: int) -> torch.Tensor:
-    return torch.from_numpy(padded_block_table_np(rows, width))
-
-
 def seqs_per_tile(model: LlamaForCausalLM) -> int:
     """Sequences per shared-prefix tile: ~SHARED_PREFIX_TILE_ROWS rows of query heads."""
     group = model.config.num_attention_heads // model.config.num_key_value_heads
