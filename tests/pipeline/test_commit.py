@@ -184,12 +184,24 @@ def test_writer_commits_on_its_thread_and_blocks_only_past_the_parts_in_flight(
 def test_a_failed_background_commit_is_raised_by_flush(store: Store) -> None:
     output = GatedOutput(store)
     output.fail_with = OSError("gateway gone")
-    output.gate.set()
     with PartWriter(output, _encoder(), rows_per_part=2) as writer:
+        # the gate opens only after add returned: the failure cannot surface inside add
         writer.add(_record(f"r{i}") for i in range(2))
+        output.gate.set()
         with pytest.raises(OSError, match="gateway gone"):
             writer.flush()
     assert output.committed_ids() == set()
+
+
+def test_a_failed_background_commit_is_raised_by_the_next_add(store: Store) -> None:
+    output = GatedOutput(store)
+    output.fail_with = OSError("gateway gone")
+    with PartWriter(output, _encoder(), rows_per_part=2) as writer:
+        writer.add(_record(f"r{i}") for i in range(2))
+        output.gate.set()
+        writer._in_flight[0].exception(timeout=30)  # the commit has failed by now
+        with pytest.raises(OSError, match="gateway gone"):
+            writer.add([_record("r2")])
 
 
 def test_finalize_deletes_orphan_parts_and_keeps_the_listed_ones(store: Store) -> None:
