@@ -60,7 +60,11 @@ class StepGraphs:
             input_ids=torch.zeros(n * q, dtype=torch.int64, device=device),
             positions=torch.zeros(n * q, dtype=torch.int64, device=device),
             slot_mapping=torch.full((n * q,), -1, dtype=torch.int64, device=device),
-            block_tables=torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=device),
+            # q - 1 spare columns: a sequence running fewer than q tokens is padded with rows
+            # whose (discarded) attention reads up to q - 1 positions past its context
+            block_tables=torch.zeros(
+                (n, max_blocks_per_seq + q - 1), dtype=torch.int32, device=device
+            ),
             cu_query_lens=torch.arange(0, (n + 1) * q, q, dtype=torch.int32, device=device),
             context_lens=torch.zeros(n, dtype=torch.int32, device=device),
             logits_indices=torch.arange(n * q, dtype=torch.int64, device=device),
@@ -172,9 +176,11 @@ class StepGraphs:
         query_lens: list[int],
         plan: SharedPrefixPlan | None = None,
         pending: PendingInputs | None = None,
+        num_logits: list[int] | None = None,
     ) -> torch.Tensor:
         """Replay for a step whose sequence i runs query_lens[i] tokens (host rows in order);
-        returns logits of the real rows, [sum(query_lens), vocab]."""
+        returns logits of the last num_logits[i] rows of each sequence (default: all its rows),
+        in order: [sum(num_logits), vocab]."""
         n, q = len(query_lens), self.query_len
         size = next(s for s in self.sizes if s >= n)
         self._parity ^= 1
@@ -213,12 +219,18 @@ class StepGraphs:
         if plan is not None:
             self.prefix_static.copy_(self.prefix_staging, non_blocking=True)
         if pending is not None:
-            assert q == 1, "pending inputs come from plain decode steps"
-            pending.fill(s.input_ids)
+            pending.fill(s.input_ids, rows)
         self.graphs[size].replay()
         if q == 1:
             return self.model.compute_logits(self.outputs[size][:n])
-        hidden = self.outputs[size][torch.tensor(rows, device=s.input_ids.device)]
+        out_rows = rows
+        if num_logits is not None:
+            out_rows = [
+                i * q + j
+                for i, (length, wanted) in enumerate(zip(query_lens, num_logits, strict=True))
+                for j in range(length - wanted, length)
+            ]
+        hidden = self.outputs[size][torch.tensor(out_rows, device=s.input_ids.device)]
         return self.model.compute_logits(hidden)
 
     def _stage_plan(self, plan: SharedPrefixPlan, n: int, size: int) -> None:

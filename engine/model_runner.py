@@ -78,9 +78,12 @@ class PendingInputs:
     sources: list[int]
     tokens: torch.Tensor
 
-    def fill(self, input_ids: torch.Tensor) -> None:
+    def fill(self, input_ids: torch.Tensor, row_map: list[int] | None = None) -> None:
+        """Copy the tokens into input_ids; row_map[r] is where flat row r sits there (CUDA
+        graphs pad each sequence to the same number of rows)."""
         device = input_ids.device
-        rows = torch.tensor(self.rows).to(device, non_blocking=True)
+        rows_list = self.rows if row_map is None else [row_map[r] for r in self.rows]
+        rows = torch.tensor(rows_list).to(device, non_blocking=True)
         sources = torch.tensor(self.sources).to(device, non_blocking=True)
         input_ids[rows] = self.tokens[sources].to(input_ids.dtype)
 
@@ -240,17 +243,19 @@ class ModelRunner:
         assert num_pending == (len(pending.rows) if pending is not None else 0), (
             "a pending input token has no source"
         )
-        # every sequence is decoding (maybe with drafts): a uniform step
-        uniform = all(c.sample and c.num_tokens == 1 + len(c.draft_token_ids) for c in out.chunks)
+        # Every chunk ends at its sequence's end (decodes, verify steps with drafts, a draft
+        # model's catch-up): a step a graph family with enough query rows can replay.
+        uniform = all(c.sample for c in out.chunks)
         plan = None
         if self.shared_prefix and uniform and all(c.num_tokens == 1 for c in out.chunks):
             plan = self.plan_shared_prefix(host)
         self.last_shared_prefix = plan
         if self.graphs and uniform:
             query_lens = [c.num_tokens for c in out.chunks]
+            num_logits = [1 + len(c.draft_token_ids) for c in out.chunks]
             for graphs in self.graphs:
                 if graphs.fits(host, query_lens, plan):
-                    return graphs.run(host, query_lens, plan, pending)
+                    return graphs.run(host, query_lens, plan, pending, num_logits)
         batch = self.prepare(host)
         if pending is not None:
             pending.fill(batch.input_ids)

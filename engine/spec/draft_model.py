@@ -6,13 +6,14 @@ drafts), catches up on the tokens it has not seen, then samples k drafts one ste
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.config import CacheConfig, EngineConfig, ModelConfig
-from engine.kernel_set import kernels_for
+from engine.kernel_set import REFERENCE_KERNELS, kernels_for
 from engine.kv_cache_manager import KVCacheManager
 from engine.loader import build_model, load_hf_config, resolve_model_source
 from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
@@ -72,8 +73,26 @@ class DraftModelProposer:
         else:
             budget = target.cache.cpu_kv_cache_bytes // 2
         num_blocks = max(1, min(wanted, budget // per_block))
-        logger.info("draft model %s: %d KV blocks", model, num_blocks)
-        return cls(net, num_blocks, block_size, device)
+        proposer = cls(net, num_blocks, block_size, device)
+        graphs = (
+            device.type == "cuda"
+            and net.kernels is not REFERENCE_KERNELS
+            and os.environ.get("BATCHGEN_CUDA_GRAPHS", "1") != "0"
+            and target.speculative.max_batch_size > 0
+        )
+        if graphs:
+            # one draft token per step (q=1), and the catch-up step that runs the tokens the
+            # target accepted since the last proposal (up to k drafts + 1)
+            batch = target.speculative.max_batch_size
+            k = target.speculative.num_speculative_tokens
+            proposer.runner.enable_cuda_graphs([(1, batch), (k + 1, batch)], per_seq)
+        logger.info(
+            "draft model %s: %d KV blocks, CUDA graphs %s",
+            model,
+            num_blocks,
+            "on" if graphs else "off",
+        )
+        return proposer
 
     def release(self, seq: Sequence) -> None:
         state = self.states.pop(seq, None)
