@@ -163,6 +163,26 @@ def run(llm: LLM, prompts, max_tokens: int, ignore_eos: bool = True) -> dict:
     }
 
 
+def profile(llm: LLM, prompts, max_tokens: int, ignore_eos: bool) -> None:
+    """One run under torch.profiler: the top operators by host time and the device's busy
+    time, to tell a host-bound step from a device-bound one."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        r = run(llm, prompts, max_tokens, ignore_eos)
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events)
+    print(
+        f"  profile: {r['seconds'] * 1000:.1f} ms wall, {r['steps']} steps, device busy "
+        f"{device_us / 1000:.1f} ms"
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -176,6 +196,12 @@ def main() -> None:
     ap.add_argument("--adaptive-draft-length", action="store_true")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="after timing, run this configuration once more per batch size under "
+        "torch.profiler and print where host and device time go",
+    )
     args = ap.parse_args()
     configs: dict[str, dict | None] = {
         "off": None,
@@ -212,6 +238,8 @@ def main() -> None:
                     r["mean_acceptance_length"] * base["step_ms"] / r["step_ms"]
                 )
         results[b] = row
+        if args.profile:
+            profile(engines[args.profile], prompts, args.max_tokens, task.ignore_eos)
         print(
             f"batch {b:>4}: "
             + "  ".join(

@@ -1,0 +1,132 @@
+"""Can a decode step's attention (memory-bound) overlap its matmuls (compute-bound) on one GPU?
+
+Times, for a model shape's decode step at `--batch` sequences and `--context` tokens each:
+every layer's matmuls alone, every layer's paged attention alone, both one after the other,
+and half the batch's matmuls on one stream while the other half's attention runs on a second
+stream (the two-micro-batch schedule a step would use). If the concurrent time is close to
+max(matmuls, attention) rather than their sum, splitting decode steps into two micro-batches
+on two streams is worth building.
+
+    python -m bench.overlap_probe --shape llama-3.1-8b --batch 512 --context 640
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.shapes import SHAPES
+from kernels.paged_attention import paged_attention
+
+
+def _time(fn, repeats: int = 5) -> float:
+    """Median milliseconds of fn() over repeats (after one warm-up)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama-3.1-8b")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--context", type=int, default=640)
+    ap.add_argument("--layers", type=int, default=8)
+    args = ap.parse_args()
+    s = SHAPES[args.shape]
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    hidden, inter = s["hidden_size"], s["intermediate_size"]
+    heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
+    weights = [
+        torch.randn(n, k, device=dev, dtype=dt) * 0.02
+        for n, k in [
+            ((heads + 2 * kv_heads) * head_dim, hidden),
+            (hidden, heads * head_dim),
+            (2 * inter, hidden),
+            (hidden, inter),
+        ]
+    ]
+    block = 16
+    per_seq = -(-args.context // block)
+
+    def attention_inputs(n: int):
+        num_blocks = n * per_seq
+        cache = [
+            torch.randn(num_blocks, block, kv_heads, head_dim, device=dev, dtype=dt)
+            for _ in range(2)
+        ]
+        tables = torch.randperm(num_blocks, device=dev, dtype=torch.int32).view(n, per_seq)
+        cu = torch.arange(n + 1, device=dev, dtype=torch.int32)
+        ctx = torch.full((n,), args.context, device=dev, dtype=torch.int32)
+        query = torch.randn(n, heads, head_dim, device=dev, dtype=dt)
+        return query, cache, tables, cu, ctx
+
+    def matmuls(m: int):
+        xs = [torch.randn(m, w.shape[1], device=dev, dtype=dt) for w in weights]
+
+        def run() -> None:
+            for _ in range(args.layers):
+                for x, w in zip(xs, weights, strict=True):
+                    torch.matmul(x, w.t())
+
+        return run
+
+    def attention(n: int):
+        query, (k, v), tables, cu, ctx = attention_inputs(n)
+
+        def run() -> None:
+            for _ in range(args.layers):
+                paged_attention(query, k, v, tables, cu, ctx, head_dim**-0.5)
+
+        return run
+
+    full_mm, full_attn = matmuls(args.batch), attention(args.batch)
+    half = args.batch // 2
+    half_mm, half_attn = matmuls(half), attention(half)
+    side = torch.cuda.Stream()
+
+    def serial() -> None:
+        full_mm()
+        full_attn()
+
+    def two_streams() -> None:
+        # micro-batch A's matmuls beside micro-batch B's attention, then the other way round
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        half_mm()
+        with torch.cuda.stream(side):
+            half_attn()
+        main.wait_stream(side)
+        side.wait_stream(main)
+        half_attn()
+        with torch.cuda.stream(side):
+            half_mm()
+        main.wait_stream(side)
+
+    rows = [
+        ("matmuls, full batch", _time(full_mm)),
+        ("attention, full batch", _time(full_attn)),
+        ("matmuls then attention", _time(serial)),
+        ("two micro-batches on two streams", _time(two_streams)),
+        ("matmuls, half batch", _time(half_mm)),
+        ("attention, half batch", _time(half_attn)),
+    ]
+    print(
+        f"{args.shape}, batch {args.batch}, context {args.context}, {args.layers} layers "
+        f"({torch.cuda.get_device_name()})"
+    )
+    for name, ms in rows:
+        print(f"  {name:<34} {ms:8.2f} ms  ({ms / args.layers:.3f} per layer)")
+
+
+if __name__ == "__main__":
+    main()
