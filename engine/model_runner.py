@@ -163,10 +163,16 @@ class ModelRunner:
         self.seqs_per_tile = seqs_per_tile(model)
         self.last_shared_prefix: SharedPrefixPlan | None = None  # the last step's plan
 
-    def enable_cuda_graphs(self, families: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
+    def enable_cuda_graphs(
+        self,
+        families: list[tuple[int, int]],
+        max_blocks_per_seq: int,
+        micro_batches: bool = False,
+    ) -> None:
         """Capture graphs for each (query_len, max_batch_size) family: (1, B) for decode steps,
         (k + 1, B') for speculative verify steps; with shared-prefix attention on, decode steps
-        get a second family that runs it."""
+        get a second family that runs it. micro_batches: plain decode graphs of >= 64
+        sequences run two interleaved halves (engine/cuda_graphs.py)."""
         from engine.cuda_graphs import SharedPrefixTiling, StepGraphs
 
         variants: list[tuple[int, int, SharedPrefixTiling | None]] = [
@@ -185,6 +191,7 @@ class ModelRunner:
                 query_len,
                 pool,
                 tiling_or_none,
+                micro_batches,
             )
             pool = graphs.capture()
             self.graphs.append(graphs)
