@@ -276,6 +276,11 @@ class LLMEngine:
                     chunk.seq.logprobs.append(logprob)
             return [[t] for t in sampled.token_ids]
         assert self.speculator is not None
+        if all(
+            c.seq.request.sampling_params.greedy and c.seq.request.sampling_params.logprobs is None
+            for c in chunks
+        ):
+            return self._verify_greedy(chunks, logits)
         plain_rows, spec_rows = [], []
         plain, spec = [], []
         row = 0
@@ -300,6 +305,27 @@ class LLMEngine:
         for chunk, tokens in zip(spec, self.speculator.verify(spec, spec_rows), strict=True):
             results[id(chunk)] = tokens
         return [results[id(c)] for c in chunks]
+
+    def _verify_greedy(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[list[int]]:
+        """_sample for a step of greedy chunks that want no logprobs: one argmax over every
+        row and one copy to the host, instead of a sampler pass and a rejection-sampler pass."""
+        assert self.speculator is not None
+        argmax = logits.argmax(dim=-1).tolist()
+        spec, spec_argmax = [], []
+        plain_tokens: list[list[int]] = []
+        row = 0
+        for chunk in chunks:
+            n = 1 + len(chunk.draft_token_ids)
+            if chunk.draft_token_ids:
+                spec.append(chunk)
+                spec_argmax.append(argmax[row : row + n])
+            plain_tokens.append([argmax[row]])
+            row += n
+        verified = iter(self.speculator.verify_greedy(spec, spec_argmax))
+        return [
+            next(verified) if c.draft_token_ids else t
+            for c, t in zip(chunks, plain_tokens, strict=True)
+        ]
 
     def _record(
         self, out: SchedulerOutput, num_generated: int, blocks_used: int, started: float

@@ -116,6 +116,25 @@ class SpeculativeDecoder:
         else:
             seq.max_draft_tokens = min(k, 2 * current)
 
+    def verify_greedy(
+        self, chunks: list[ScheduledChunk], argmax_rows: list[list[int]]
+    ) -> list[list[int]]:
+        """verify() for greedy chunks that want no logprobs, from the target's argmax tokens
+        (argmax_rows[i]: chunk i's 1 + len(drafts) of them, already on the host): a draft is
+        accepted while it equals the argmax, and the argmax after the accepted run follows.
+        The same tokens as the rejection sampler's greedy rows, without a device round trip."""
+        started = time.perf_counter()
+        num_accepted, tokens = [], []
+        for chunk, argmax in zip(chunks, argmax_rows, strict=True):
+            drafts = chunk.draft_token_ids
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == argmax[accepted]:
+                accepted += 1
+            num_accepted.append(accepted)
+            tokens.append(list(drafts[:accepted]) + [argmax[accepted]])
+        self._account(chunks, num_accepted, started)
+        return tokens
+
     def verify(self, chunks: list[ScheduledChunk], rows: list[torch.Tensor]) -> list[list[int]]:
         """New tokens for each chunk with drafts; rows[i] is chunk i's logits
         [1 + len(drafts), vocab]. Appends logprobs of the emitted tokens when asked."""
@@ -135,11 +154,6 @@ class SpeculativeDecoder:
                 if probs is not None:
                     draft_probs[i, : probs.shape[0]] = probs
         out = self.rejection_sampler(target, drafts, seqs, draft_probs)
-        for seq, d, accepted in zip(seqs, drafts, out.num_accepted, strict=True):
-            seq.num_proposed_drafts += len(d)
-            seq.num_accepted_drafts += accepted
-            if self.config.adaptive_draft_length and d:
-                self._adapt_draft_length(seq, len(d), accepted)
         for seq, r, tokens in zip(seqs, rows, out.token_ids, strict=True):
             n = seq.request.sampling_params.logprobs
             if n is not None:
@@ -150,10 +164,20 @@ class SpeculativeDecoder:
                         values, indices = logprobs[j].topk(n)
                         top = dict(zip(indices.tolist(), values.tolist(), strict=True))
                     seq.logprobs.append(TokenLogprob(t, float(logprobs[j, t]), top))
+        self._account(chunks, out.num_accepted, started)
+        return out.token_ids
+
+    def _account(self, chunks: list[ScheduledChunk], num_accepted: list[int], started: float):
+        """Per-sequence acceptance (and draft length), and the run's counters."""
+        for chunk, accepted in zip(chunks, num_accepted, strict=True):
+            seq, num_drafts = chunk.seq, len(chunk.draft_token_ids)
+            seq.num_proposed_drafts += num_drafts
+            seq.num_accepted_drafts += accepted
+            if self.config.adaptive_draft_length and num_drafts:
+                self._adapt_draft_length(seq, num_drafts, accepted)
         m = self.metrics
         m.num_spec_steps += 1
-        m.num_draft_tokens += sum(len(d) for d in drafts)
-        m.num_accepted_tokens += sum(out.num_accepted)
+        m.num_draft_tokens += sum(len(c.draft_token_ids) for c in chunks)
+        m.num_accepted_tokens += sum(num_accepted)
         m.num_verified_sequences += len(chunks)
         m.spec_verify_seconds += time.perf_counter() - started
-        return out.token_ids

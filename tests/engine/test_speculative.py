@@ -146,6 +146,51 @@ def test_greedy_rejection_accepts_exactly_the_target_argmax():
     assert sampler(logits, [[2, 0]], [seq]).token_ids == [[1]]
 
 
+def test_host_greedy_verification_equals_the_rejection_samplers_greedy_rows():
+    """verify_greedy (argmax tokens already on the host) against verify (logits through the
+    rejection sampler): same tokens, same per-sequence acceptance and run counters, over random
+    drafts that agree with the target for a random stretch."""
+    g = torch.Generator().manual_seed(11)
+    config = SpeculativeConfig(num_speculative_tokens=6, adaptive_draft_length=True)
+    decoders = [
+        SpeculativeDecoder(config, NgramProposer(1, 2), torch.Generator(), 4096, RunMetrics())
+        for _ in range(2)
+    ]
+    params = SamplingParams(temperature=0, max_tokens=100)
+    seqs = [[seq_of([1, 2, 3], params, request_id=i) for i in range(5)] for _ in range(2)]
+    for _ in range(30):
+        chunks: list[list[ScheduledChunk]] = [[], []]
+        rows, argmax_rows = [], []
+        for i in range(5):
+            k = int(torch.randint(1, 7, (1,), generator=g))
+            logits = torch.randn(k + 1, 50, generator=g)
+            argmax = logits.argmax(dim=-1).tolist()
+            agree = int(torch.randint(0, k + 1, (1,), generator=g))
+            drafts = argmax[:agree] + torch.randint(0, 50, (k - agree,), generator=g).tolist()
+            for copy in range(2):
+                seq = seqs[copy][i]
+                seq.num_computed_tokens = seq.num_tokens - 1
+                chunks[copy].append(ScheduledChunk(seq, seq.num_tokens - 1, 1 + k, tuple(drafts)))
+            rows.append(logits)
+            argmax_rows.append(argmax)
+        on_device = decoders[0].verify(chunks[0], rows)
+        on_host = decoders[1].verify_greedy(chunks[1], argmax_rows)
+        assert on_host == on_device
+        for copy, tokens in ((0, on_device), (1, on_host)):
+            for seq, t in zip(seqs[copy], tokens, strict=True):
+                seq.token_ids += t
+    for a, b in zip(seqs[0], seqs[1], strict=True):
+        assert (a.num_proposed_drafts, a.num_accepted_drafts, a.max_draft_tokens) == (
+            b.num_proposed_drafts,
+            b.num_accepted_drafts,
+            b.max_draft_tokens,
+        )
+    first, second = (d.metrics.as_dict() for d in decoders)
+    for key in ("num_spec_steps", "num_draft_tokens", "num_accepted_tokens"):
+        assert first[key] == second[key]
+    assert 0 < first["num_accepted_tokens"] < first["num_draft_tokens"]
+
+
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     target = tmp_path_factory.mktemp("target")
