@@ -28,6 +28,9 @@ class ForwardBatch:
     logits_indices: torch.Tensor  # [num_sampled] int64
     # Decode steps only: sequences sharing prefix blocks, attended once per tile of them.
     shared_prefix: SharedPrefix | None = None
+    # The leading sequences with one query row each (a mixed step's decodes come first):
+    # attention runs them in a launch of their own, with decode tiles.
+    num_decode_seqs: int = 0
 
     def split_decode(self, first: int) -> tuple[ForwardBatch, ForwardBatch]:
         """A plain decode step (one query row per sequence, every row sampled) as two: its

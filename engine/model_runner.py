@@ -101,6 +101,14 @@ class HostBatch:
     logits_indices: list[int]
     _table: np.ndarray | None = None
 
+    def num_leading_decodes(self) -> int:
+        """How many sequences from the first have one query row each."""
+        cu = self.cu_query_lens
+        n = 0
+        while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
+            n += 1
+        return n
+
     def block_table(self) -> np.ndarray:
         """block_tables as one [num_seqs, longest] int32 array (built once)."""
         if self._table is None:
@@ -237,6 +245,7 @@ class ModelRunner:
             cu_query_lens=dev(host.cu_query_lens, torch.int32),
             context_lens=dev(host.context_lens, torch.int32),
             logits_indices=dev(host.logits_indices, torch.int64),
+            num_decode_seqs=host.num_leading_decodes(),
         )
 
     @torch.inference_mode()

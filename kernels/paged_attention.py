@@ -65,14 +65,16 @@ def paged_attention_ref(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
+    num_decode_seqs: int = 0,
 ) -> torch.Tensor:
     """Attend each sequence's queries to its cached keys/values.
 
     query: [num_tokens, num_heads, head_dim]; block_tables: [num_seqs, max_blocks_per_seq] int;
     cu_query_lens: [num_seqs + 1] int; context_lens: [num_seqs] int.
     Returns [num_tokens, num_heads, head_dim] in query's dtype. Rows of query beyond
-    cu_query_lens[-1] (padding) are returned as zeros. shared_prefix only says how the Triton
-    version may split the work; the result is the same without it, so it is ignored here.
+    cu_query_lens[-1] (padding) are returned as zeros. shared_prefix and num_decode_seqs (the
+    first num_decode_seqs sequences have one query each) only say how the Triton version may
+    split the work; the result is the same without them, so they are ignored here.
     """
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
@@ -307,6 +309,7 @@ def paged_attention(
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
+    num_decode_seqs: int = 0,
 ) -> torch.Tensor:
     """Triton version of paged_attention_ref (same contract; padding rows come back as zeros).
 
@@ -321,7 +324,32 @@ def paged_attention(
     """
     group_pad = triton.next_power_of_2(query.shape[1] // k_cache.shape[2])
     is_int8 = k_cache.dtype == torch.int8
-    config = default_tile_config(query.shape[0], context_lens.shape[0], group_pad, is_int8)
+    num_tokens, num_seqs = query.shape[0], context_lens.shape[0]
+    config = default_tile_config(num_tokens, num_seqs, group_pad, is_int8)
+    decodes = num_decode_seqs
+    if shared_prefix is None and 0 < decodes < num_seqs and config.block_q * group_pad > 16:
+        # A mixed step: its leading decodes would run in prefill tiles (BLOCK_M rows for one
+        # query each, short key tiles); give them a launch with decode tiles of their own.
+        out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
+        for rows, seqs, cu in (
+            (slice(0, decodes), slice(0, decodes), cu_query_lens[: decodes + 1]),
+            (slice(decodes, None), slice(decodes, None), cu_query_lens[decodes:] - decodes),
+        ):
+            part_tokens, part_seqs = query[rows].shape[0], context_lens[seqs].shape[0]
+            launch_paged_attention(
+                query[rows],
+                k_cache,
+                v_cache,
+                block_tables[seqs],
+                cu,
+                context_lens[seqs],
+                scale,
+                k_scale,
+                v_scale,
+                default_tile_config(part_tokens, part_seqs, group_pad, is_int8),
+                out=out[rows],
+            )
+        return out
     return launch_paged_attention(
         query,
         k_cache,
@@ -349,8 +377,10 @@ def launch_paged_attention(
     v_scale: torch.Tensor | None,
     config: TileConfig,
     shared_prefix: SharedPrefix | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """paged_attention with an explicit tile config (for tuning on a GPU)."""
+    """paged_attention with an explicit tile config (for tuning on a GPU); writes into out
+    (zeros, query's shape, dense rows) when given."""
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
@@ -367,7 +397,8 @@ def launch_paged_attention(
         # Unused by the kernel; any tensor gives it a pointer and strides.
         k_scale = v_scale = k_cache
     query = query if query.stride(-1) == 1 else query.contiguous()
-    out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
+    if out is None:
+        out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
     num_seqs = context_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
         return out

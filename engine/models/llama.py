@@ -92,6 +92,7 @@ class Attention(nn.Module):
             kv.k_scale,
             kv.v_scale,
             shared_prefix=batch.shared_prefix,
+            num_decode_seqs=batch.num_decode_seqs,
         )
         return out.reshape(-1, self.q_size)
 

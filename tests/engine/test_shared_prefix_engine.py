@@ -47,3 +47,27 @@ def test_greedy_outputs_equal_plain_attention_and_shared_prefix_steps_run(
             assert m.num_shared_prefix_steps == 0
     assert outputs[True] == outputs[False]
     assert all(len(t) == 6 for t in outputs[True])
+
+
+def test_triton_kernels_give_the_reference_kernels_greedy_tokens_through_mixed_steps(
+    tiny_llama, monkeypatch
+) -> None:
+    """Requests arrive while others decode, so steps mix decodes (first) with prefill chunks,
+    and attention runs them in two launches (decode tiles, prefill tiles)."""
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(10, 500, (5 + 9 * i,), generator=g).tolist() for i in range(10)]
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    outputs = {}
+    for kernels in ("reference", "triton"):
+        monkeypatch.setenv("BATCHGEN_KERNELS", kernels)
+        llm = LLM(
+            str(tiny_llama),
+            dtype="float32",
+            device="cpu",
+            block_size=4,
+            num_blocks=256,
+            max_num_batched_tokens=24,
+            max_num_seqs=6,
+        )
+        outputs[kernels] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert outputs["triton"] == outputs["reference"]

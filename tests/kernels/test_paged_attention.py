@@ -83,8 +83,10 @@ def quantized(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     return int8_batch, k_scale, v_scale
 
 
-def assert_matches_reference(batch: Batch, *scales: torch.Tensor) -> torch.Tensor:
-    out = paged_attention(*batch.args(), *scales)
+def assert_matches_reference(
+    batch: Batch, *scales: torch.Tensor, num_decode_seqs: int = 0
+) -> torch.Tensor:
+    out = paged_attention(*batch.args(), *scales, num_decode_seqs=num_decode_seqs)
     expected = paged_attention_ref(*batch.args(), *scales)
     assert out.dtype == batch.query.dtype and out.shape == batch.query.shape
     tol = TOLERANCE[batch.query.dtype]
@@ -128,6 +130,27 @@ def test_paged_attention_matches_reference_for_mixed_decodes_and_prefills_with_p
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32, num_padding_rows=3)
     out = assert_matches_reference(batch)
     assert torch.equal(out[-3:], torch.zeros_like(out[-3:]))
+
+
+# A mixed step as the scheduler lays it out: decodes first (ragged contexts), then prefill
+# chunks, then padding rows.
+DECODES_FIRST = [*RAGGED_DECODES, (BLOCK * 2, 6), (BLOCK - 1, BLOCK - 1), (40, 33)]
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["plain_cache", "int8_cache"])
+def test_a_mixed_steps_leading_decodes_run_in_a_launch_of_their_own(int8: bool) -> None:
+    batch = make_batch(
+        DECODES_FIRST, num_kv_heads=2, group=4, dtype=torch.float32, num_padding_rows=2
+    )
+    scales: tuple[torch.Tensor, ...] = ()
+    if int8:
+        batch, k_scale, v_scale = quantized(batch)
+        scales = (k_scale, v_scale)
+    decodes = len(RAGGED_DECODES)
+    split = assert_matches_reference(batch, *scales, num_decode_seqs=decodes)
+    one_launch = paged_attention(*batch.args(), *scales)
+    torch.testing.assert_close(split, one_launch, atol=1e-5, rtol=1e-5)
+    assert torch.equal(split[-2:], torch.zeros_like(split[-2:]))
 
 
 def test_paged_attention_matches_reference_when_a_chunk_in_a_decode_batch_spans_query_blocks() -> (
@@ -190,11 +213,16 @@ def _real_size_seqs(mixed: bool) -> list[tuple[int, int]]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mixed", [False, True], ids=["decode", "mixed"])
+@pytest.mark.parametrize("mixed", [False, True, "decodes_first"], ids=["decode", "mixed", "split"])
 @pytest.mark.parametrize("int8", [False, True], ids=["bf16_cache", "int8_cache"])
-def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed: bool, int8: bool) -> None:
+def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed, int8: bool) -> None:
+    seqs = _real_size_seqs(bool(mixed))
+    decodes = 0
+    if mixed == "decodes_first":  # as the scheduler orders a mixed step; two launches
+        seqs = sorted(seqs, key=lambda s: s[1] > 1)
+        decodes = sum(1 for _, q in seqs if q == 1)
     batch = make_batch(
-        _real_size_seqs(mixed),
+        seqs,
         num_kv_heads=8,
         group=4,
         dtype=torch.bfloat16,
@@ -207,5 +235,5 @@ def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed: bool, in
     if int8:
         batch, k_scale, v_scale = quantized(batch)
         scales = (k_scale, v_scale)
-    out = assert_matches_reference(batch, *scales)
+    out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes)
     assert torch.equal(out[-8:], torch.zeros_like(out[-8:]))
