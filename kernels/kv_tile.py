@@ -1,6 +1,7 @@
 """One step of flash-style attention over the paged KV cache, shared by the paged attention and
-shared-prefix kernels: load the keys at positions `keys` through a block table (dequantizing an
-INT8 cache in registers), score them against the query tile, and fold them into the running
+shared-prefix kernels: load the keys at positions `keys` through a block table (an INT8 cache's
+codes go into the dots as they are; key scales multiply the scores and value scales the
+probabilities), score them against the query tile, and fold them into the running
 online softmax (max_score, denominator) and accumulator. Scores are in base 2 (qk_scale
 includes log2(e)); `visible` masks what each query row may see."""
 
@@ -77,8 +78,13 @@ def attend_kv_tile(
             + kv_head * stride_v_scale_head
         )
         v_scale = tl.load(v_scale_ptr + v_scale_offsets, mask=key_mask, other=0.0)
-        v = v.to(tl.float32) * v_scale[:, None]  # dequantized in registers only
+        # sum_n p_n (s_n c_n) = sum_n (p_n s_n) c_n: the scales go on the probabilities
+        # ([BLOCK_M, BLOCK_N] products) rather than on the codes ([BLOCK_N, HEAD_DIM]); the
+        # codes are exact in DOT_DTYPE.
+        weights = probs * v_scale[None, :]
+    else:
+        weights = probs
     acc = acc * correction[:, None] + tl.dot(
-        probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        weights.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
     )
     return acc, new_max, denominator
