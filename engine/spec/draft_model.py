@@ -1,7 +1,8 @@
 """A draft model proposer: a smaller model with the target's tokenizer, its own paged KV cache,
 run by the same model runner. It mirrors each target sequence: before proposing, it rolls its
 own state back to the longest prefix it shares with the target's tokens (dropping rejected
-drafts), catches up on the tokens it has not seen, then samples k drafts one step at a time."""
+drafts), catches up on the tokens it has not seen, then samples k drafts one step at a time,
+the steps queued on the device back to back (the host reads the drafts once, at the end)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ from engine.config import CacheConfig, EngineConfig, ModelConfig
 from engine.kernel_set import REFERENCE_KERNELS, kernels_for
 from engine.kv_cache_manager import KVCacheManager
 from engine.loader import build_model, load_hf_config, resolve_model_source
-from engine.model_runner import ModelRunner, allocate_kv_caches, kv_bytes_per_block
+from engine.model_runner import (
+    ModelRunner,
+    PendingInputs,
+    allocate_kv_caches,
+    kv_bytes_per_block,
+)
 from engine.models.llama import LlamaForCausalLM
-from engine.request import Request, Sequence
+from engine.request import PENDING_TOKEN, Request, Sequence
 from engine.scheduler import ScheduledChunk, SchedulerOutput
 from engine.spec.proposer import Proposal
 from engine.spec.rejection_sampler import processed_probs
@@ -100,15 +106,20 @@ class DraftModelProposer:
             self.kv_cache.free(state)
 
     def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> Proposal:
-        drafts: list[list[int]] = [[] for _ in seqs]
-        probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        """Up to num_tokens[i] drafts for seqs[i]. Draft steps follow one another on the device:
+        each step's input is the token the step before sampled, copied there (PendingInputs),
+        and the host reads every draft once at the end, instead of waiting for each step."""
         want_probs = any(not s.request.sampling_params.greedy for s in seqs)
         states = [self._sync(seq) for seq in seqs]
         active = [i for i, k in enumerate(num_tokens) if k > 0 and states[i] is not None]
-        step = 0
+        steps: list[tuple[list[int], torch.Tensor, torch.Tensor | None]] = []
+        drafted = [0] * len(seqs)
+        previous: dict[int, int] = {}  # seq index -> its row in the last step's tokens
         while active:
             out = SchedulerOutput()
-            ran = []
+            ran: list[int] = []
+            pending_rows, pending_sources = [], []
+            row = 0
             for i in active:
                 state = states[i]
                 assert state is not None
@@ -116,20 +127,41 @@ class DraftModelProposer:
                 if not self.kv_cache.allocate_slots(state, n):
                     continue  # the draft cache is full: stop proposing for this sequence
                 out.chunks.append(ScheduledChunk(state, state.num_computed_tokens, n))
+                if i in previous:  # its last token is the previous step's draft
+                    pending_rows.append(row + n - 1)
+                    pending_sources.append(previous[i])
                 state.num_computed_tokens += n
                 ran.append(i)
+                row += n
             if not ran:
                 break
-            logits = self.runner.execute(out)
-            seq_list = [seqs[i] for i in ran]
-            tokens, rows = self._sample(logits, seq_list, want_probs)
-            for j, i in enumerate(ran):
-                drafts[i].append(tokens[j])
-                states[i].token_ids.append(tokens[j])  # type: ignore[union-attr]
-                if rows is not None:
-                    probs[i].append(rows[j])
-            step += 1
-            active = [i for i in ran if len(drafts[i]) < num_tokens[i]]
+            pending = None
+            if pending_rows:
+                pending = PendingInputs(pending_rows, pending_sources, steps[-1][1])
+            logits = self.runner.execute(out, pending)
+            tokens, rows = self._sample(logits, [seqs[i] for i in ran], want_probs)
+            steps.append((ran, tokens, rows))
+            for i in ran:
+                states[i].token_ids.append(PENDING_TOKEN)  # type: ignore[union-attr]
+                drafted[i] += 1
+            previous = {i: j for j, i in enumerate(ran)}
+            active = [i for i in ran if drafted[i] < num_tokens[i]]
+        drafts: list[list[int]] = [[] for _ in seqs]
+        probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        if steps:
+            values = torch.cat([tokens for _, tokens, _ in steps]).tolist()  # the one wait
+            offset = 0
+            for ran, _, rows in steps:
+                for j, i in enumerate(ran):
+                    drafts[i].append(values[offset + j])
+                    if rows is not None:
+                        probs[i].append(rows[j])
+                offset += len(ran)
+            for i, d in enumerate(drafts):
+                if d:
+                    state = states[i]
+                    assert state is not None
+                    state.token_ids[-len(d) :] = d  # the placeholders, now known
         stacked = None
         if want_probs:
             vocab = self.model.config.vocab_size
@@ -161,14 +193,13 @@ class DraftModelProposer:
 
     def _sample(
         self, logits: torch.Tensor, seqs: list[Sequence], want_probs: bool
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Greedy requests take the draft's argmax; others sample its processed distribution."""
-        greedy = torch.tensor(
-            [s.request.sampling_params.greedy for s in seqs], device=logits.device
-        )
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Greedy requests take the draft's argmax; others sample its processed distribution.
+        Returns the tokens as a device tensor (nothing waits for the device here)."""
         tokens = logits.argmax(dim=-1)
         rows = None
         if want_probs:
+            greedy = torch.tensor([s.request.sampling_params.greedy for s in seqs])
             rows = processed_probs(logits, seqs, 1)
             noise = torch.empty_like(rows).exponential_(generator=self.generator)
             for i, seq in enumerate(seqs):
@@ -180,5 +211,6 @@ class DraftModelProposer:
                             seed ^ 0x5EED
                         )
                     noise[i].exponential_(generator=state.generator)
+            greedy = greedy.to(logits.device, non_blocking=True)
             tokens = torch.where(greedy, tokens, (rows / noise).argmax(dim=-1))
-        return tokens.tolist(), rows
+        return tokens, rows

@@ -337,3 +337,30 @@ def test_generated_token_count_equals_the_tokens_completions_hold(tiny_pair):
     outs = llm.generate(copy_heavy_prompts(), stops, use_tqdm=False)
     assert llm.metrics.num_accepted_tokens > 0
     assert llm.metrics.num_generated_tokens == sum(len(o.token_ids) for o in outs)
+
+
+def test_draft_steps_after_the_first_take_their_input_token_on_the_device(tiny_pair):
+    """A proposal of k drafts runs k draft steps; every step after the first gets its input
+    token from the step before without the host reading it (PendingInputs), so the drafts
+    equal the target's own greedy tokens (draft = target) and every draft is accepted."""
+    target, _ = tiny_pair
+    spec = {"method": "draft", "model": str(target), "k": 3, "verify_cost_ratio": 1.0}
+    llm = LLM(str(target), dtype="float32", speculative=spec)
+    runner = llm.engine.speculator.proposer.runner
+    calls: list[bool] = []
+    execute = runner.execute
+
+    def recording(out, pending=None):
+        calls.append(pending is not None)
+        return execute(out, pending)
+
+    runner.execute = recording
+    prompts = copy_heavy_prompts()[:3]
+    params = SamplingParams(max_tokens=13, temperature=0, ignore_eos=True)
+    reference = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    m = llm.metrics
+    assert m.num_spec_steps > 0 and m.num_accepted_tokens == m.num_draft_tokens
+    # per proposal: one catch-up step, then k - 1 steps fed on the device
+    assert calls.count(True) == 2 * calls.count(False)
