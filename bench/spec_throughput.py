@@ -160,6 +160,8 @@ def run(llm: LLM, prompts, max_tokens: int, ignore_eos: bool = True) -> dict:
         else 0.0,
         "step_ms": seconds / max(delta["num_steps"], 1) * 1000,
         "token_ids": [o.token_ids for o in outs],
+        # a batch finishes with its longest answer: the straggler's steps bound the speedup
+        "tokens_per_sequence": [len(o.token_ids) for o in outs],
     }
 
 
@@ -250,6 +252,7 @@ def main() -> None:
                     else ""
                 )
                 + ("" if r["identical_to_off"] else " MISMATCH")
+                + (f" [tokens/seq {r['tokens_per_sequence']}]" if b <= 4 else "")
                 for n, r in row.items()
             ),
             flush=True,
