@@ -64,6 +64,16 @@ class KVCacheManager:
         nothing, when the pool is short; else appends blocks to seq.block_ids and registers the
         blocks these tokens fill in the prefix cache.
         """
+        if not cached_blocks:
+            # The common decode step: the tokens fit in the blocks seq holds and fill none of
+            # them up (nothing new for the prefix cache).
+            start = seq.num_computed_tokens
+            total = start + num_new_tokens
+            if total <= len(seq.block_ids) * self.block_size and (
+                not self.enable_prefix_caching
+                or total // self.block_size == start // self.block_size
+            ):
+                return True
         cached_blocks = cached_blocks or []
         assert not cached_blocks or not seq.block_ids
         num_computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size
