@@ -199,8 +199,8 @@ class StepGraphs:
         num_logits: list[int] | None = None,
     ) -> torch.Tensor:
         """Replay for a step whose sequence i runs query_lens[i] tokens (host rows in order);
-        returns logits of the last num_logits[i] rows of each sequence (default: all its rows),
-        in order: [sum(num_logits), vocab]."""
+        returns the final hidden states of the last num_logits[i] rows of each sequence
+        (default: all its rows), in order: [sum(num_logits), hidden_size]."""
         n, q = len(query_lens), self.query_len
         size = next(s for s in self.sizes if s >= n)
         self._parity ^= 1
@@ -242,7 +242,7 @@ class StepGraphs:
             pending.fill(s.input_ids, rows)
         self.graphs[size].replay()
         if q == 1:
-            return self.model.compute_logits(self.outputs[size][:n])
+            return self.outputs[size][:n]
         out_rows = rows
         if num_logits is not None:
             out_rows = [
@@ -250,8 +250,7 @@ class StepGraphs:
                 for i, (length, wanted) in enumerate(zip(query_lens, num_logits, strict=True))
                 for j in range(length - wanted, length)
             ]
-        hidden = self.outputs[size][torch.tensor(out_rows, device=s.input_ids.device)]
-        return self.model.compute_logits(hidden)
+        return self.outputs[size][torch.tensor(out_rows, device=s.input_ids.device)]
 
     def _stage_plan(self, plan: SharedPrefixPlan, n: int, size: int) -> None:
         """Write plan into the pinned staging array (copied to the device before replay)."""

@@ -44,6 +44,15 @@ class _InFlight:
     rows: dict[int, int]  # id(seq) -> its row in tokens
 
 
+def _argmax_only(chunks: list[ScheduledChunk]) -> bool:
+    """Whether a step's sampled rows need only an argmax: greedy requests without logprobs
+    (their logits may stay in the model's dtype)."""
+    return all(
+        c.seq.request.sampling_params.greedy and c.seq.request.sampling_params.logprobs is None
+        for c in chunks
+    )
+
+
 class LLMEngine:
     def __init__(
         self,
@@ -158,8 +167,8 @@ class LLMEngine:
             assert not self.scheduler.running, "running sequences but nothing scheduled"
             return []
         blocks_used = self.kv_cache.pool.num_used_blocks
-        logits = self.runner.execute(out)
         sampling = [c for c in out.chunks if c.sample]
+        logits = self.runner.execute(out, float_logits=not _argmax_only(sampling))
         new_tokens = self._sample(sampling, logits)
         outputs_before = sum(c.seq.num_output_tokens for c in sampling)
         finished = self.scheduler.update(out, new_tokens)
@@ -195,8 +204,8 @@ class LLMEngine:
         if not out.is_empty:
             blocks_used = self.kv_cache.pool.num_used_blocks
             pending = self._pending_inputs(out, previous)
-            logits = self.runner.execute(out, pending)
             sampling = [c for c in out.chunks if c.sample]
+            logits = self.runner.execute(out, pending, float_logits=not _argmax_only(sampling))
             seqs = [c.seq for c in sampling]
             tokens = self.sampler.sample_on_device(logits, seqs)
             ready = None
@@ -276,10 +285,7 @@ class LLMEngine:
                     chunk.seq.logprobs.append(logprob)
             return [[t] for t in sampled.token_ids]
         assert self.speculator is not None
-        if all(
-            c.seq.request.sampling_params.greedy and c.seq.request.sampling_params.logprobs is None
-            for c in chunks
-        ):
+        if _argmax_only(chunks):
             return self._verify_greedy(chunks, logits)
         plain_rows, spec_rows = [], []
         plain, spec = [], []

@@ -249,11 +249,18 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, pending: PendingInputs | None = None) -> torch.Tensor:
-        """Run one step; returns fp32 logits [num_rows, vocab_size] in chunk order: one row per
-        sampling chunk, 1 + len(drafts) rows for a chunk with drafts. pending supplies the
-        input tokens that the previous step sampled and the host has not read yet (they are
-        PENDING_TOKEN in the host batch), copied on the device."""
+    def execute(
+        self,
+        out: SchedulerOutput,
+        pending: PendingInputs | None = None,
+        float_logits: bool = True,
+    ) -> torch.Tensor:
+        """Run one step; returns logits [num_rows, vocab_size] in chunk order: one row per
+        sampling chunk, 1 + len(drafts) rows for a chunk with drafts; fp32, or the model's
+        dtype without float_logits (enough for an argmax: the fp32 copy is exact, and at a
+        128k vocabulary and 512 rows it writes 263 MB). pending supplies the input tokens that
+        the previous step sampled and the host has not read yet (they are PENDING_TOKEN in
+        the host batch), copied on the device."""
         host = build_host_batch(out, self.block_size)
         num_pending = host.input_ids.count(PENDING_TOKEN)
         assert num_pending == (len(pending.rows) if pending is not None else 0), (
@@ -271,11 +278,12 @@ class ModelRunner:
             num_logits = [1 + len(c.draft_token_ids) for c in out.chunks]
             for graphs in self.graphs:
                 if graphs.fits(host, query_lens, plan):
-                    return graphs.run(host, query_lens, plan, pending, num_logits)
+                    hidden = graphs.run(host, query_lens, plan, pending, num_logits)
+                    return self.model.compute_logits(hidden, float_logits)
         batch = self.prepare(host)
         if pending is not None:
             pending.fill(batch.input_ids)
         if plan is not None:
             batch.shared_prefix = self.shared_prefix_tensors(plan)
         hidden = self.model(batch, self.kv_caches)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, float_logits)

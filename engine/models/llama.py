@@ -256,6 +256,8 @@ class LlamaForCausalLM(nn.Module):
         hidden, _ = self.kernels.fused_add_rms_norm(hidden, residual, self.norm_weight, self.eps)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[num_sampled, hidden_size] -> fp32 [num_sampled, vocab_size]."""
-        return F.linear(hidden, self.lm_head_weight).float()
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        """[num_sampled, hidden_size] -> [num_sampled, vocab_size], fp32 unless not float32
+        (then in the model's dtype)."""
+        logits = F.linear(hidden, self.lm_head_weight)
+        return logits.float() if float32 else logits

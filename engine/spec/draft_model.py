@@ -138,7 +138,7 @@ class DraftModelProposer:
             pending = None
             if pending_rows:
                 pending = PendingInputs(pending_rows, pending_sources, steps[-1][1])
-            logits = self.runner.execute(out, pending)
+            logits = self.runner.execute(out, pending, float_logits=want_probs)
             tokens, rows = self._sample(logits, [seqs[i] for i in ran], want_probs)
             steps.append((ran, tokens, rows))
             for i in ran:

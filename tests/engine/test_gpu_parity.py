@@ -81,8 +81,8 @@ def _run(cfg, model, prompts, max_tokens, budget, overlap=False, micro_batches=F
     seen: dict[int, list] = {}
     execute = engine.runner.execute
 
-    def recording_execute(out, pending=None):
-        logits = execute(out, pending)
+    def recording_execute(out, pending=None, **kwargs):
+        logits = execute(out, pending, float_logits=True)  # compare fp32 logits
         sampled = [c.seq for c in out.chunks if c.sample]
         for seq, row in zip(sampled, logits, strict=True):
             seen.setdefault(seq.request.request_id, []).append(
@@ -230,8 +230,8 @@ def test_speculative_verify_logits_match_transformers_in_cuda_graphs():
     seen = []
     execute = engine.runner.execute
 
-    def recording_execute(out):
-        logits = execute(out)
+    def recording_execute(out, **kwargs):
+        logits = execute(out, float_logits=True)  # compare fp32 logits
         row = 0
         for chunk in out.chunks:
             if not chunk.sample:

@@ -350,9 +350,9 @@ def test_draft_steps_after_the_first_take_their_input_token_on_the_device(tiny_p
     calls: list[bool] = []
     execute = runner.execute
 
-    def recording(out, pending=None):
+    def recording(out, pending=None, **kwargs):
         calls.append(pending is not None)
-        return execute(out, pending)
+        return execute(out, pending, **kwargs)
 
     runner.execute = recording
     prompts = copy_heavy_prompts()[:3]
