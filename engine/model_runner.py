@@ -119,9 +119,22 @@ class HostBatch:
 
 def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
     batch = HostBatch([], [], [], [], [0], [], [])
+    cu = batch.cu_query_lens
     for chunk in out.chunks:
         seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
         block_ids = seq.block_ids
+        if end == start + 1 and not chunk.draft_token_ids:  # a decode: most rows, kept cheap
+            batch.input_ids.append(seq.token_ids[start])
+            batch.positions.append(start)
+            batch.slot_mapping.append(
+                block_ids[start // block_size] * block_size + start % block_size
+            )
+            cu.append(cu[-1] + 1)
+            batch.context_lens.append(end)
+            batch.block_tables.append(block_ids)
+            if end == seq.num_tokens:  # chunk.sample
+                batch.logits_indices.append(cu[-1] - 1)
+            continue
         batch.input_ids.extend(seq.token_ids[start:end])
         batch.input_ids.extend(chunk.draft_token_ids)
         batch.positions.extend(range(start, end))
