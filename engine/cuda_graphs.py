@@ -78,9 +78,10 @@ class StepGraphs:
             context_lens=torch.zeros(n, dtype=torch.int32, device=device),
             logits_indices=torch.arange(n * q, dtype=torch.int64, device=device),
         )
-        # Pinned host staging, two sets used in turn: with overlapped scheduling the host fills
-        # step N+1's while step N's copies may still be queued on the device (step N-1's,
-        # which used the same set, completed before step N+1 is prepared).
+        # Pinned host staging, two sets used in turn: the host fills step N+1's while step
+        # N's copies may still be queued on the device. A set is reused only after the event
+        # recorded behind its copies has passed (the draft model queues its steps back to back,
+        # with no read of the device between them).
         # Per set: ids, positions, slots (n * q each); context_lens (n); block tables.
         self._stagings = [
             (
@@ -90,6 +91,7 @@ class StepGraphs:
             )
             for _ in range(2)
         ]
+        self._copied: list[torch.cuda.Event | None] = [None, None]  # per set: copies done
         self._parity = 0
         self.token_staging, self.context_staging, self.block_staging = self._stagings[0]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -204,6 +206,9 @@ class StepGraphs:
         n, q = len(query_lens), self.query_len
         size = next(s for s in self.sizes if s >= n)
         self._parity ^= 1
+        copied = self._copied[self._parity]
+        if copied is not None:
+            copied.synchronize()  # the last copies out of this set have run
         self.token_staging, self.context_staging, self.block_staging = self._stagings[self._parity]
         if self.tiling is not None:
             self.prefix_staging = self._prefix_stagings[self._parity]
@@ -238,6 +243,9 @@ class StepGraphs:
         s.block_tables[:n, :width].copy_(self.block_staging[:n, :width], non_blocking=True)
         if plan is not None:
             self.prefix_static.copy_(self.prefix_staging, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._copied[self._parity] = copied
         if pending is not None:
             pending.fill(s.input_ids, rows)
         self.graphs[size].replay()
