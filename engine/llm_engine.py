@@ -44,6 +44,16 @@ class _InFlight:
     rows: dict[int, int]  # id(seq) -> its row in tokens
 
 
+def _logit_rows(chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, int, int]]:
+    """(chunk, first logits row, number of rows) per sampling chunk: 1 + len(drafts) rows."""
+    rows, row = [], 0
+    for chunk in chunks:
+        n = 1 + len(chunk.draft_token_ids)
+        rows.append((chunk, row, n))
+        row += n
+    return rows
+
+
 def _argmax_only(chunks: list[ScheduledChunk]) -> bool:
     """Whether a step's sampled rows need only an argmax: greedy requests without logprobs
     (their logits may stay in the model's dtype)."""
@@ -289,16 +299,13 @@ class LLMEngine:
             return self._verify_greedy(chunks, logits)
         plain_rows, spec_rows = [], []
         plain, spec = [], []
-        row = 0
-        for chunk in chunks:
-            n = 1 + len(chunk.draft_token_ids)
+        for chunk, row, n in _logit_rows(chunks):
             if chunk.draft_token_ids:
                 spec.append(chunk)
                 spec_rows.append(logits[row : row + n])
             else:
                 plain.append(chunk)
                 plain_rows.append(row)
-            row += n
         results: dict[int, list[int]] = {}
         if plain:
             sampled = self.sampler(logits[plain_rows], [c.seq for c in plain])
@@ -319,14 +326,11 @@ class LLMEngine:
         argmax = logits.argmax(dim=-1).tolist()
         spec, spec_argmax = [], []
         plain_tokens: list[list[int]] = []
-        row = 0
-        for chunk in chunks:
-            n = 1 + len(chunk.draft_token_ids)
+        for chunk, row, n in _logit_rows(chunks):
             if chunk.draft_token_ids:
                 spec.append(chunk)
                 spec_argmax.append(argmax[row : row + n])
             plain_tokens.append([argmax[row]])
-            row += n
         verified = iter(self.speculator.verify_greedy(spec, spec_argmax))
         return [
             next(verified) if c.draft_token_ids else t
