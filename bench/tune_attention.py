@@ -1,0 +1,137 @@
+"""Sweep the paged-attention tile configs (kernels/paged_attention.py TileConfig) on a GPU, for
+the step shapes the workloads run, and print each config's time next to the default's.
+
+Scenarios (8B shape by default: 32 query / 8 KV heads, head_dim 128, block 16):
+  decode   512 sequences, one query each, context --context (decode tiles: 16 query rows)
+  prefill  fresh prompts of --prompt-len tokens (context = query), as many as fill 16k tokens
+           (prefill tiles: 64 or 128 query rows)
+Each runs over a bf16 and an INT8 cache. Reports milliseconds, and the decode scenario's cache
+read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
+
+    python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--prompt-len 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from bench.shapes import SHAPES
+from kernels.kv_store import quantize_int8_ref
+from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
+
+
+def _time(fn, repeats: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def make_step(seqs: list[tuple[int, int]], kv_heads: int, heads: int, head_dim: int, int8: bool):
+    """Query, cache, tables, cu_query_lens, context_lens and scales for (context, query) seqs."""
+    dev, block = torch.device("cuda"), 16
+    per_seq = [-(-c // block) for c, _ in seqs]
+    num_blocks = sum(per_seq)
+    table = torch.zeros(len(seqs), max(per_seq), dtype=torch.int32)
+    order = torch.randperm(num_blocks, dtype=torch.int32)
+    used = 0
+    for s, n in enumerate(per_seq):
+        table[s, :n] = order[used : used + n]
+        used += n
+    query_lens = torch.tensor([q for _, q in seqs])
+    cu = torch.cat((torch.zeros(1, dtype=torch.long), query_lens.cumsum(0))).to(torch.int32)
+    shape = (num_blocks, block, kv_heads, head_dim)
+    k = torch.randn(shape, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(shape, device=dev, dtype=torch.bfloat16)
+    scales: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if int8:
+        (k, k_scale), (v, v_scale) = quantize_int8_ref(k), quantize_int8_ref(v)
+        scales = (k_scale, v_scale)
+    query = torch.randn(int(cu[-1]), heads, head_dim, device=dev, dtype=torch.bfloat16)
+    ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=dev)
+    return query, k, v, table.to(dev), cu.to(dev), ctx, scales
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="llama-3.1-8b")
+    ap.add_argument("--context", type=int, default=640)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    args = ap.parse_args()
+    s = SHAPES[args.shape]
+    heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
+    group_pad = 1 << (heads // kv_heads - 1).bit_length()
+    prompts = max(1, 16384 // args.prompt_len)
+    scenarios = {
+        "decode": [(args.context, 1)] * 512,
+        "prefill": [(args.prompt_len, args.prompt_len)] * prompts,
+    }
+
+    def grid(rows: list[int]) -> list[TileConfig]:
+        return [
+            TileConfig(block_q=max(1, m // group_pad), block_n=bn, num_warps=w, num_stages=st)
+            for m, bn, w, st in itertools.product(rows, [32, 64, 128], [4, 8], [2, 3])
+        ]
+
+    grids = {"decode": grid([16]), "prefill": grid([64, 128])}
+    print(f"{args.shape} ({torch.cuda.get_device_name()}): heads {heads}/{kv_heads}, d {head_dim}")
+    for (name, seqs), int8 in itertools.product(scenarios.items(), (False, True)):
+        sweep(name, seqs, int8, grids[name], heads, kv_heads, head_dim, group_pad)
+
+
+def sweep(
+    name: str,
+    seqs: list[tuple[int, int]],
+    int8: bool,
+    configs: list[TileConfig],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    group_pad: int,
+) -> None:
+    """Time every config (and the default) on one scenario; print the default and the best 5."""
+    query, k, v, table, cu, ctx, (k_scale, v_scale) = make_step(
+        seqs, kv_heads, heads, head_dim, int8
+    )
+    if name == "decode":
+        amount = sum(c for c, _ in seqs) * kv_heads * head_dim * 2 * (1 if int8 else 2) / 1e6
+        unit = "GB/s"  # bytes / ms / 1e6
+    else:
+        amount = sum(4 * q * c / 2 * head_dim * heads for c, q in seqs) / 1e9
+        unit = "TFLOP/s"  # flops / ms / 1e9
+    default = default_tile_config(query.shape[0], len(seqs), group_pad, int8)
+    results: list[tuple[float, TileConfig]] = []
+    for config in [*configs, default]:
+        if config in [c for _, c in results]:
+            continue
+        try:
+            ms = _time(
+                lambda c=config: launch_paged_attention(
+                    query, k, v, table, cu, ctx, head_dim**-0.5, k_scale, v_scale, c
+                )
+            )
+        except Exception as exc:  # out of shared memory etc.: say so and go on
+            print(f"  {name} {'int8' if int8 else 'bf16'} {config}: {type(exc).__name__}")
+            continue
+        results.append((ms, config))
+    results.sort(key=lambda r: r[0])
+    default_ms = next(ms for ms, c in results if c == default)
+    cache = "int8" if int8 else "bf16"
+    print(
+        f"{name} / {cache} cache: default {default} {default_ms:.3f} ms "
+        f"{amount / default_ms:8.1f} {unit}"
+    )
+    for ms, config in results[:5]:
+        print(f"    {ms:.3f} ms {amount / ms:8.1f} {unit}  x{default_ms / ms:.2f}  {config}")
+
+
+if __name__ == "__main__":
+    main()
