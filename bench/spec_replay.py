@@ -69,7 +69,7 @@ class ScriptedRunner:
         self.vocab_size = vocab_size
         self.last_shared_prefix = None
 
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+    def execute(self, out: SchedulerOutput, float_logits: bool = True) -> torch.Tensor:
         targets = []
         for chunk in out.chunks:
             if not chunk.sample:
