@@ -192,12 +192,17 @@ def main() -> None:
     ap.add_argument("--adaptive-draft-length", action="store_true")
     ap.add_argument("--verify-cost", type=float, default=1.35)
     ap.add_argument("--oracle", default=None, help="JSON cache of the oracle outputs")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        help="the oracle model's dtype (bfloat16 approximates what a GPU run generates)",
+    )
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--show-texts", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     folder = model_dir(args.model) if args.model in MODEL_ASSETS else Path(args.model)
-    llm = LLM(folder, dtype="float32", max_num_seqs=256)
+    llm = LLM(folder, dtype=args.dtype, max_num_seqs=256)
     batch_sizes = _ints(args.batch_sizes)
     cache: dict[str, Any] = {}
     if args.oracle and Path(args.oracle).exists():
