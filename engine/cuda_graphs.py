@@ -25,14 +25,10 @@ from typing import Any
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
-from engine.model_runner import HostBatch, PendingInputs
+from engine.model_runner import MICRO_BATCH_MIN_SIZE, HostBatch, PendingInputs
 from engine.models.llama import LlamaForCausalLM
 from engine.shared_prefix import SharedPrefixPlan, max_plan_tiles
 from kernels.shared_prefix import SharedPrefix
-
-# Below this many sequences a decode step is launch- and weight-read-bound: halving its
-# matmuls gains nothing to overlap.
-MICRO_BATCH_MIN_SIZE = 64
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,30 @@ class HostBatch:
             n += 1
         return n
 
+    def split(self, first: int) -> tuple[HostBatch, HostBatch]:
+        """The first `first` sequences and the rest, each with its own row numbering."""
+        rows = self.cu_query_lens[first]
+        return (
+            HostBatch(
+                self.input_ids[:rows],
+                self.positions[:rows],
+                self.slot_mapping[:rows],
+                self.block_tables[:first],
+                self.cu_query_lens[: first + 1],
+                self.context_lens[:first],
+                [i for i in self.logits_indices if i < rows],
+            ),
+            HostBatch(
+                self.input_ids[rows:],
+                self.positions[rows:],
+                self.slot_mapping[rows:],
+                self.block_tables[first:],
+                [c - rows for c in self.cu_query_lens[first:]],
+                self.context_lens[first:],
+                [i - rows for i in self.logits_indices if i >= rows],
+            ),
+        )
+
     def block_table(self) -> np.ndarray:
         """block_tables as one [num_seqs, longest] int32 array (built once)."""
         if self._table is None:
@@ -150,6 +174,11 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
     return batch
 
 
+# Below this many sequences (a decode graph's size, a mixed step's decodes) a step's decode
+# attention is too short to hide matmuls behind: micro-batch overlap leaves it whole.
+MICRO_BATCH_MIN_SIZE = 64
+
+
 def padded_block_table_np(rows: list[list[int]], width: int) -> np.ndarray:
     """[len(rows), width] int32, each row right-padded with block 0 (never read: context_lens
     bounds every read). Filled through numpy: a nested-list torch.tensor is ~10x slower."""
@@ -174,11 +203,19 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         shared_prefix: bool = False,
+        micro_batches: bool = False,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        # Mixed steps with >= MICRO_BATCH_MIN_SIZE decodes run them and the prefill chunks as
+        # two micro-batches (LlamaForCausalLM.forward_micro_batches): on CUDA the decodes'
+        # attention runs beside the prefill matmuls on a side stream; elsewhere in order.
+        self.micro_batches = micro_batches
+        self.side_stream = (
+            torch.cuda.Stream(device) if micro_batches and device.type == "cuda" else None
+        )
         self.graphs: list[StepGraphs] = []  # by query length, set by enable_cuda_graphs
         self.shared_prefix = shared_prefix  # plan shared-prefix attention for decode steps
         self.seqs_per_tile = seqs_per_tile(model)
@@ -293,6 +330,16 @@ class ModelRunner:
                 if graphs.fits(host, query_lens, plan):
                     hidden = graphs.run(host, query_lens, plan, pending, num_logits)
                     return self.model.compute_logits(hidden, float_logits)
+        decodes = host.num_leading_decodes()
+        if self.micro_batches and MICRO_BATCH_MIN_SIZE <= decodes < len(out.chunks):
+            first, second = (self.prepare(part) for part in host.split(decodes))
+            if pending is not None:
+                assert max(pending.rows) < decodes, "pending tokens belong to decodes"
+                pending.fill(first.input_ids)
+            hidden = self.model.forward_micro_batches(
+                (first, second), self.kv_caches, self.side_stream
+            )
+            return self.model.compute_logits(hidden, float_logits)
         batch = self.prepare(host)
         if pending is not None:
             pending.fill(batch.input_ids)

@@ -64,3 +64,53 @@ def test_split_decode_numbers_each_halfs_rows_from_zero(tiny_model) -> None:
     assert second.logits_indices.tolist() == [0, 1, 2]
     assert torch.equal(second.block_tables, batch.block_tables[2:])
     assert torch.equal(second.context_lens, batch.context_lens[2:])
+
+
+def test_split_host_batch_renumbers_the_second_parts_rows() -> None:
+    from engine.model_runner import HostBatch
+
+    host = HostBatch(
+        input_ids=[5, 6, 7, 8, 9, 10],
+        positions=[3, 8, 0, 1, 2, 4],
+        slot_mapping=[3, 24, 32, 33, 34, 52],
+        block_tables=[[0], [1, 2], [4], [6, 3]],
+        cu_query_lens=[0, 1, 2, 5, 6],
+        context_lens=[4, 9, 3, 5],
+        logits_indices=[0, 1, 4, 5],
+    )
+    first, second = host.split(2)
+    assert (first.input_ids, first.cu_query_lens, first.logits_indices) == (
+        [5, 6],
+        [0, 1, 2],
+        [0, 1],
+    )
+    assert second.cu_query_lens == [0, 3, 4] and second.logits_indices == [2, 3]
+    assert second.block_tables == [[4], [6, 3]] and second.context_lens == [3, 5]
+    assert second.slot_mapping == [32, 33, 34, 52]
+
+
+def test_mixed_steps_with_many_decodes_run_as_two_micro_batches_with_the_same_tokens(
+    tiny_model, monkeypatch
+) -> None:
+    """70 sequences decode while later prompts prefill in the same steps: with micro-batch
+    overlap on, those steps run decodes and prefill chunks as two micro-batches (in order on
+    the CPU) and every greedy token is the one the whole step gives."""
+    import engine.models.llama as llama
+
+    prompts = tm.random_prompts(90, 3, 24, seed=12)
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    args = dict(dtype="float32", device="cpu", block_size=4, num_blocks=2048, max_num_seqs=96)
+    whole = LLM(str(tiny_model), max_num_batched_tokens=160, **args)
+    expected = [o.token_ids for o in whole.generate(prompts, params, use_tqdm=False)]
+    calls = []
+    original = llama.LlamaForCausalLM.forward_micro_batches
+
+    def counting(self, batches, *rest):
+        calls.append([b.context_lens.shape[0] for b in batches])
+        return original(self, batches, *rest)
+
+    monkeypatch.setattr(llama.LlamaForCausalLM, "forward_micro_batches", counting)
+    split = LLM(str(tiny_model), max_num_batched_tokens=160, micro_batch_overlap=True, **args)
+    got = [o.token_ids for o in split.generate(prompts, params, use_tqdm=False)]
+    assert got == expected
+    assert calls and all(decodes >= 64 and rest > 0 for decodes, rest in calls)
