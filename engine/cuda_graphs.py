@@ -52,7 +52,7 @@ class StepGraphs:
         query_len: int,
         pool: Any = None,
         shared_prefix: SharedPrefixTiling | None = None,
-        micro_batches: bool = False,
+        side_stream: torch.cuda.Stream | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -94,12 +94,9 @@ class StepGraphs:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool
         self.tiling = shared_prefix
-        # two micro-batches per step, the second on a side stream (plain decode families)
-        self.side_stream = (
-            torch.cuda.Stream(device)
-            if micro_batches and q == 1 and shared_prefix is None
-            else None
-        )
+        # with a side stream, plain decode families run two micro-batches per step, the second
+        # on that stream
+        self.side_stream = side_stream if q == 1 and shared_prefix is None else None
         if shared_prefix is not None:
             assert q == 1, "shared-prefix attention runs in decode steps only"
             # one int32 array: prefix_lens [n], seq_order [n], then 4 tile arrays [tiles]

@@ -143,7 +143,7 @@ def create_engine(
         if spec is not None and spec.max_batch_size > 0:
             verify_batch = min(config.scheduler.max_num_seqs, spec.max_batch_size)
             families.append((spec.num_speculative_tokens + 1, verify_batch))
-        runner.enable_cuda_graphs(families, max_blocks, config.micro_batch_overlap)
+        runner.enable_cuda_graphs(families, max_blocks)
     logger.info(
         "KV cache: %d blocks of %d tokens (%s), CUDA graphs %s",
         num_blocks,

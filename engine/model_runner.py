@@ -225,12 +225,12 @@ class ModelRunner:
         self,
         families: list[tuple[int, int]],
         max_blocks_per_seq: int,
-        micro_batches: bool = False,
     ) -> None:
         """Capture graphs for each (query_len, max_batch_size) family: (1, B) for decode steps,
         (k + 1, B') for speculative verify steps; with shared-prefix attention on, decode steps
-        get a second family that runs it. micro_batches: plain decode graphs of >= 64
-        sequences run two interleaved halves (engine/cuda_graphs.py)."""
+        get a second family that runs it. With micro-batches on, plain decode graphs of >= 64
+        sequences run two interleaved halves on the runner's side stream
+        (engine/cuda_graphs.py)."""
         from engine.cuda_graphs import SharedPrefixTiling, StepGraphs
 
         variants: list[tuple[int, int, SharedPrefixTiling | None]] = [
@@ -249,7 +249,7 @@ class ModelRunner:
                 query_len,
                 pool,
                 tiling_or_none,
-                micro_batches,
+                self.side_stream,
             )
             pool = graphs.capture()
             self.graphs.append(graphs)
