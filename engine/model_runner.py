@@ -100,14 +100,17 @@ class HostBatch:
     context_lens: list[int]
     logits_indices: list[int]
     _table: np.ndarray | None = None
+    _leading_decodes: int | None = None
 
     def num_leading_decodes(self) -> int:
-        """How many sequences from the first have one query row each."""
-        cu = self.cu_query_lens
-        n = 0
-        while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
-            n += 1
-        return n
+        """How many sequences from the first have one query row each (counted once)."""
+        if self._leading_decodes is None:
+            cu = self.cu_query_lens
+            n = 0
+            while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
+                n += 1
+            self._leading_decodes = n
+        return self._leading_decodes
 
     def split(self, first: int) -> tuple[HostBatch, HostBatch]:
         """The first `first` sequences and the rest, each with its own row numbering."""
