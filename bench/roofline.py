@@ -17,7 +17,8 @@ class Ceilings:
     copy_bytes: float  # bytes/s moved by a large device-to-device copy (read + write)
 
 
-def _time_cuda(fn, repeats: int) -> float:
+def time_cuda(fn, repeats: int) -> float:
+    """Mean seconds of fn() over repeats back to back (after one warm-up call)."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -32,13 +33,13 @@ def _time_cuda(fn, repeats: int) -> float:
 def _matmul_seconds(n: int, device: torch.device) -> float:
     a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
     b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-    return _time_cuda(lambda: a @ b, 30)
+    return time_cuda(lambda: a @ b, 30)
 
 
 def _copy_seconds(num_bytes: int, device: torch.device) -> float:
     src = torch.empty(num_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return _time_cuda(lambda: dst.copy_(src), 20)
+    return time_cuda(lambda: dst.copy_(src), 20)
 
 
 def measure_ceilings(device: torch.device) -> Ceilings:

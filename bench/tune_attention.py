@@ -18,21 +18,10 @@ import itertools
 
 import torch
 
+from bench.roofline import time_cuda
 from bench.shapes import SHAPES
 from kernels.kv_store import quantize_int8_ref
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
-
-
-def _time(fn, repeats: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def make_step(seqs: list[tuple[int, int]], kv_heads: int, heads: int, head_dim: int, int8: bool):
@@ -113,10 +102,11 @@ def sweep(
         if config in [c for _, c in results]:
             continue
         try:
-            ms = _time(
+            ms = 1000 * time_cuda(
                 lambda c=config: launch_paged_attention(
                     query, k, v, table, cu, ctx, head_dim**-0.5, k_scale, v_scale, c
-                )
+                ),
+                10,
             )
         except Exception as exc:  # out of shared memory etc.: say so and go on
             print(f"  {name} {'int8' if int8 else 'bf16'} {config}: {type(exc).__name__}")
