@@ -24,6 +24,27 @@ def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
+def gather_kv_ref(
+    cache: torch.Tensor,
+    scale: torch.Tensor | None,
+    block_table: torch.Tensor,
+    context_len: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Return one sequence's first context_len cached rows, dequantized to dtype.
+
+    cache: [num_blocks, block_size, num_kv_heads, head_dim] -> [context_len, num_kv_heads, head_dim]
+    """
+    block_size = cache.shape[1]
+    num_blocks = -(-context_len // block_size)
+    blocks = block_table[:num_blocks].long()
+    rows = cache[blocks].flatten(0, 1)[:context_len]
+    if scale is None:
+        return rows.to(dtype)
+    row_scale = scale[blocks].flatten(0, 1)[:context_len]
+    return (rows.float() * row_scale.unsqueeze(-1)).to(dtype)
+
+
 def store_kv_ref(
     key: torch.Tensor,
     value: torch.Tensor,

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.kv_store import gather_kv_ref
 from kernels.kv_tile import attend_kv_tile
 
 
@@ -39,13 +40,6 @@ class SharedPrefix:
     tile_first: torch.Tensor  # [max_tiles] int32: first index of the tile's members in seq_order
     tile_count: torch.Tensor  # [max_tiles] int32: members in the tile (<= seqs_per_tile)
     seqs_per_tile: int
-
-
-def _gather_rows(cache: torch.Tensor, scale: torch.Tensor | None, blocks: torch.Tensor, n: int):
-    rows = cache[blocks.long()].flatten(0, 1)[:n].float()
-    if scale is None:
-        return rows
-    return rows * scale[blocks.long()].flatten(0, 1)[:n].unsqueeze(-1)
 
 
 def shared_prefix_attention_ref(
@@ -65,15 +59,14 @@ def shared_prefix_attention_ref(
     """
     num_seqs, num_heads, head_dim = query.shape
     group = num_heads // k_cache.shape[2]
-    block_size = k_cache.shape[1]
     out = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
     lse = torch.full((num_seqs, num_heads), float("-inf"), device=query.device)
     for s, n in enumerate(prefix.prefix_lens.tolist()):
         if n == 0:
             continue
-        blocks = block_tables[s, : -(-n // block_size)]
-        k = _gather_rows(k_cache, k_scale, blocks, n).repeat_interleave(group, dim=1)
-        v = _gather_rows(v_cache, v_scale, blocks, n).repeat_interleave(group, dim=1)
+        k = gather_kv_ref(k_cache, k_scale, block_tables[s], n, torch.float32)
+        v = gather_kv_ref(v_cache, v_scale, block_tables[s], n, torch.float32)
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,nhd->hn", query[s].float(), k) * scale  # [heads, n]
         lse[s] = torch.logsumexp(scores, dim=1) * math.log2(math.e)
         out[s] = torch.einsum("hn,nhd->hd", scores.softmax(dim=1), v)
