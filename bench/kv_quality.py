@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             enable_prefix_caching=False,
             kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=0.4,  # two engines share the card
         )
 
     auto = timed("load auto", load, "auto")

@@ -218,7 +218,14 @@ def main() -> None:
     if args.draft:
         configs["draft"] = {"method": "draft", "model": args.draft, "k": args.k}
     engines = {
-        name: LLM(args.model, speculative=spec, max_num_seqs=256) for name, spec in configs.items()
+        # the engines live side by side on one card: each gets an equal share of its memory
+        name: LLM(
+            args.model,
+            speculative=spec,
+            max_num_seqs=256,
+            gpu_memory_utilization=0.85 / len(configs),
+        )
+        for name, spec in configs.items()
     }
     task = TASKS[args.task]
     results: dict = {}

@@ -41,31 +41,63 @@ def random_model(
     return model
 
 
-def profile_num_blocks(config: EngineConfig, model: LlamaForCausalLM) -> int:
+def kv_budget_bytes(
+    *,
+    total: int,
+    free: int,
+    reserved: int,
+    allocated: int,
+    peak: int,
+    baseline: int,
+    utilization: float,
+) -> int:
+    """Bytes this engine may give its KV cache. gpu_memory_utilization is this engine's share of
+    the card: its weights (and a draft model's), allocated since `baseline`, plus the profile
+    step's activations (peak above `allocated`) plus other processes' use come off it. Engines
+    created earlier in the same process are not charged to it, but it never gets more than the
+    card still has free beyond the activations."""
+    activations = peak - allocated
+    own = allocated - baseline
+    other_processes = total - free - reserved  # and this process's CUDA context
+    share = total * utilization - own - activations - other_processes
+    room = free + (reserved - allocated) - activations
+    return int(min(share, room))
+
+
+def profile_num_blocks(config: EngineConfig, model: LlamaForCausalLM, baseline: int = 0) -> int:
     """KV blocks that fit: run the largest step the scheduler may schedule (as prefill chunks),
-    take the peak memory it needed, and give gpu_memory_utilization of the card minus that to
-    the cache. On the CPU, cache.cpu_kv_cache_bytes."""
+    take the peak memory it needed, and give the cache what is left of gpu_memory_utilization
+    of the card (kv_budget_bytes; `baseline` is what the process had allocated before this
+    engine loaded its weights). On the CPU, cache.cpu_kv_cache_bytes."""
     per_block = kv_bytes_per_block(config.model, config.cache, config.dtype)
     if not config.device.startswith("cuda"):
-        budget = float(config.cache.cpu_kv_cache_bytes)
+        budget = config.cache.cpu_kv_cache_bytes
     else:
         device = torch.device(config.device)
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        allocated = torch.cuda.memory_allocated(device)
         _profile_step(config, model)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
         free, total = torch.cuda.mem_get_info(device)
-        other = total - free - torch.cuda.memory_reserved(device)  # other processes, context
-        budget = total * config.cache.gpu_memory_utilization - peak - other
+        budget = kv_budget_bytes(
+            total=total,
+            free=free,
+            reserved=torch.cuda.memory_reserved(device),
+            allocated=allocated,
+            peak=peak,
+            baseline=baseline,
+            utilization=config.cache.gpu_memory_utilization,
+        )
         logger.info(
-            "profile: peak %.2f GiB, other %.2f GiB, KV budget %.2f GiB",
-            peak / 2**30,
-            other / 2**30,
+            "profile: weights %.2f GiB, activations %.2f GiB, KV budget %.2f GiB",
+            (allocated - baseline) / 2**30,
+            (peak - allocated) / 2**30,
             budget / 2**30,
         )
-    blocks = int(budget // per_block)
+    blocks = budget // per_block
     if blocks <= 0:
         raise RuntimeError(
             "no memory left for the KV cache: lower max_num_batched_tokens, use a smaller "
@@ -111,11 +143,13 @@ def create_engine(
     eos_token_ids: frozenset[int],
     cuda_graphs: bool = True,
     proposer: Proposer | None = None,
+    memory_baseline: int = 0,
 ) -> LLMEngine:
     """Size and allocate the KV cache, capture decode graphs (CUDA with Triton kernels only,
-    unless BATCHGEN_CUDA_GRAPHS=0), and return a ready engine."""
+    unless BATCHGEN_CUDA_GRAPHS=0), and return a ready engine. memory_baseline: the bytes the
+    process had allocated on the device before this engine's weights loaded (other engines')."""
     device = torch.device(config.device)
-    num_blocks = config.cache.num_blocks or profile_num_blocks(config, model)
+    num_blocks = config.cache.num_blocks or profile_num_blocks(config, model, memory_baseline)
     kv_caches = allocate_kv_caches(config.model, config.cache, num_blocks, config.dtype, device)
     shared_prefix = (
         config.cache.shared_prefix_attention

@@ -125,6 +125,8 @@ class LLM:
             micro_batch_overlap=micro_batch_overlap,
         )
         torch_device = torch.device(device)
+        # what other engines in this process hold is not this engine's to count
+        baseline = torch.cuda.memory_allocated(torch_device) if torch_device.type == "cuda" else 0
         net = build_model(
             model_config, source, kernels_for(torch_device), torch_dtype, torch_device
         )
@@ -134,7 +136,13 @@ class LLM:
             else None
         )
         self.engine = create_engine(
-            self.config, net, OutputProcessor(self.tokenizer), frozenset(eos), cuda_graphs, proposer
+            self.config,
+            net,
+            OutputProcessor(self.tokenizer),
+            frozenset(eos),
+            cuda_graphs,
+            proposer,
+            memory_baseline=baseline,
         )
         blocks = self.engine.kv_cache.num_blocks
         self.encoder = PromptEncoder(self.tokenizer)
