@@ -27,6 +27,18 @@ def test_draft_model_steps_replay_graphs_and_greedy_outputs_equal_plain_decoding
     llm = LLM(str(target), dtype="float32", speculative=spec)
     runner = llm.engine.speculator.proposer.runner
     assert [g.query_len for g in runner.graphs] == [1, 6]
+    replays = _count_replays(runner)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
+    assert llm.metrics.num_spec_steps > 0
+    # draft steps ran as graphs; this draft agrees with the target on almost nothing, so its
+    # catch-up after a verify is the one plain token (q = 1) and the q = 6 family stays idle
+    assert 1 in replays
+    torch.cuda.synchronize()
+
+
+def _count_replays(runner) -> list[int]:
+    """Wrap each graph family's run; the list collects the query_len of every replay."""
     replays: list[int] = []
     for graphs in runner.graphs:
         original = graphs.run
@@ -36,11 +48,7 @@ def test_draft_model_steps_replay_graphs_and_greedy_outputs_equal_plain_decoding
             return _run(*args, **kwargs)
 
         graphs.run = counting_run
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
-    assert llm.metrics.num_spec_steps > 0
-    assert 1 in replays and 6 in replays  # draft steps and catch-up steps ran as graphs
-    torch.cuda.synchronize()
+    return replays
 
 
 def test_draft_graphs_queued_back_to_back_draft_the_targets_own_tokens(tmp_path) -> None:
@@ -53,8 +61,13 @@ def test_draft_graphs_queued_back_to_back_draft_the_targets_own_tokens(tmp_path)
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
     spec = {"method": "draft", "model": str(target), "k": 6, "verify_cost_ratio": 1.0}
     llm = LLM(str(target), dtype="float32", speculative=spec)
-    assert llm.engine.speculator.proposer.runner.graphs
+    runner = llm.engine.speculator.proposer.runner
+    assert [g.query_len for g in runner.graphs] == [1, 7]
+    replays = _count_replays(runner)
     llm.generate(prompts, params, use_tqdm=False)
     m = llm.metrics
     assert m.num_draft_tokens > 100
     assert m.num_accepted_tokens >= 0.95 * m.num_draft_tokens
+    # accepted drafts leave the draft's cache behind by the last draft and the bonus token:
+    # its catch-up steps (q = 2) replay the k + 1 family
+    assert 7 in replays
