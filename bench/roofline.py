@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.shapes import num_params
 from engine.config import ModelConfig
 
 
@@ -77,7 +76,7 @@ def workload_floor(
     step with batch_size sequences decoding together, every sequence's KV read once per step,
     all KV written once), whichever is larger. computed_prompt_tokens, when given, replaces
     num_requests * prompt_len (a prefix cache skips the rest)."""
-    p = num_params(cfg)
+    p = cfg.param_counts()
     linear = 2 * p["layers"]
     head = 2 * p["lm_head"]
     attn_per_ctx = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim

@@ -71,15 +71,3 @@ def hf_config(name: str, max_model_len: int) -> Any:
     return LlamaConfig(
         **s, rope_parameters={**rope, "rope_theta": theta}, architectures=["LlamaForCausalLM"]
     )
-
-
-def num_params(cfg: ModelConfig) -> dict[str, int]:
-    """Parameter counts: matmul weights per layer stack, embeddings, lm_head."""
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * i
-    return {
-        "layers": per_layer * cfg.num_hidden_layers,
-        "lm_head": cfg.vocab_size * h,
-        "embed": cfg.vocab_size * h,
-    }

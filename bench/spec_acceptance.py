@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if method == "draft":
             options["model"] = resolve_model(args.draft)
+            options["draft_cost_ratio"] = 0.0  # acceptance is measured on every step
         configs.append((method, options))
     # logprobs=2 (the top two) only to explain mismatches; it does not change the tokens.
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0, logprobs=2)

@@ -90,6 +90,7 @@ class CountingProposer:
 
     def __init__(self, inner: NgramProposer) -> None:
         self.inner = inner
+        self.cost_per_token = inner.cost_per_token
         self.num_lookups = 0
         self.num_matches = 0
 

@@ -57,6 +57,17 @@ class ModelConfig:
     sliding_window: int | None = None
     eos_token_ids: tuple[int, ...] = ()
 
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts: the layers' matmul weights, the lm_head, the embeddings."""
+        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i
+        return {
+            "layers": per_layer * self.num_hidden_layers,
+            "lm_head": self.vocab_size * h,
+            "embed": self.vocab_size * h,
+        }
+
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
@@ -218,6 +229,9 @@ class SpeculativeConfig:
     draft_model: str | None = None
     max_batch_size: int = 32
     verify_cost_ratio: float = 1.5  # verify-step time / plain-step time (H100, SmolLM2: ~1.5)
+    # one draft-model step's time / a plain target step's; None: estimated from the two models'
+    # shapes (H100, Qwen2.5 0.5B for 1.5B at batch 1-16: ~0.6 measured)
+    draft_cost_ratio: float | None = None
     # Per-sequence draft length: after a rejection a sequence drafts only as many tokens as it
     # got accepted + 1, doubling (up to num_speculative_tokens) after each fully accepted draft.
     # Fewer rejected drafts per verify step; never more tokens per step.
@@ -241,6 +255,8 @@ class SpeculativeConfig:
             raise ValueError(f"max_batch_size must be >= 0, got {self.max_batch_size}")
         if self.verify_cost_ratio < 1.0:
             raise ValueError(f"verify_cost_ratio must be >= 1, got {self.verify_cost_ratio}")
+        if self.draft_cost_ratio is not None and self.draft_cost_ratio < 0:
+            raise ValueError(f"draft_cost_ratio must be >= 0, got {self.draft_cost_ratio}")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """Speculative decoding inside the engine step: propose drafts for decoding sequences before
 scheduling, verify them from the target's logits after the step, keep the counters.
 
-Adaptive, twice over: drafts are proposed only while 1..max_batch_size sequences decode (past
-that a step is compute-bound and the target would pay for every rejected draft; switches are
-logged), and a step's drafts are verified only when the tokens they are expected to add pay for
-the wider step: the expectation uses each sequence's own acceptance so far (a per-draft
-acceptance a gives a + a^2 + ... + a^d expected tokens for d drafts) against the configured cost
-of a verify step relative to a plain one. Both depend only on the sequences' tokens, never on
-timing, so a seeded run repeats exactly.
+Adaptive, three times over: drafts are proposed only while 1..max_batch_size sequences decode
+(past that a step is compute-bound and the target would pay for every rejected draft); a
+proposer that costs target time (a draft model, `cost_per_token` > 0) proposes only as many
+drafts as pay for its steps and the verify step, by the expected accepted tokens (skipping the step when none do, with a
+probe every PROBE_INTERVAL skipped steps so a change in the text is noticed); and a step's
+drafts are verified only when the tokens they are expected to add pay for the wider step. The
+expectations use each sequence's own acceptance so far (a per-draft acceptance a gives
+a + a^2 + ... + a^d expected tokens for d drafts). Switches are logged. All of it depends only
+on the sequences' tokens, never on timing, so a seeded run repeats exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from engine.spec.rejection_sampler import RejectionSampler
 
 logger = logging.getLogger(__name__)
 
+PROBE_INTERVAL = 16  # steps a costly proposer sits out before it proposes again anyway
+
+
+def expected_accepted(rate: float, num_drafts: int) -> float:
+    """Expected accepted drafts out of num_drafts at a per-draft acceptance rate."""
+    return rate * (1 - rate**num_drafts) / (1 - rate)
+
 
 class SpeculativeDecoder:
     def __init__(
@@ -43,25 +52,63 @@ class SpeculativeDecoder:
         self.metrics = metrics
         self.active: bool | None = None
         self._draft_probs: dict[int, torch.Tensor] = {}
-        self._step_seconds = {
-            True: 0.0,
-            False: 0.0,
-        }  # running average per token-row: verify / plain
-        self._step_count = {True: 0, False: 0}
+        self._proposed = 0  # drafts verified and accepted so far, all sequences
+        self._accepted = 0
+        self._skipped = 0  # steps in a row a costly proposer sat out
 
     def would_draft(self, running: list[Sequence]) -> bool:
-        """Whether this step proposes drafts: 1..max_batch_size sequences decoding."""
-        decoding = sum(1 for s in running if s.num_computed_tokens == s.num_tokens - 1)
-        return 0 < decoding <= self.config.max_batch_size
+        """Whether this step proposes drafts: 1..max_batch_size sequences decoding and (for a
+        costly proposer) drafts that pay for their steps."""
+        decoding = [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
+        return self._in_range(decoding) and bool(self._draft_length(decoding))
+
+    def _in_range(self, decoding: list[Sequence]) -> bool:
+        return 0 < len(decoding) <= self.config.max_batch_size
+
+    def _rate(self, seq: Sequence) -> float:
+        """seq's per-draft acceptance so far; sequences with little history lean on the run's."""
+        prior = (self._accepted + 1) / (self._proposed + 1)
+        rate = (seq.num_accepted_drafts + 2 * prior) / (seq.num_proposed_drafts + 2)
+        return min(rate, 0.99)
+
+    def _draft_length(self, decoding: list[Sequence]) -> int:
+        """Drafts per sequence this step: all of the budget for a proposer that costs no target
+        time; for a costly one the length whose expected tokens per unit of step time beat a
+        plain step's most (0: none does), or all of it when a probe is due."""
+        cost = self.proposer.cost_per_token
+        k = self.config.num_speculative_tokens
+        if cost <= 0 or self._skipped >= PROBE_INTERVAL:
+            return k
+        budgets = [self._budget(s) for s in decoding]
+        rates = [self._rate(s) for s in decoding]
+        best_length, best = 0, float(len(decoding))  # a plain step: a token each, cost 1
+        for d in range(1, max(budgets, default=0) + 1):
+            tokens = sum(
+                1 + expected_accepted(r, min(d, b)) for r, b in zip(rates, budgets, strict=True)
+            )
+            per_cost = tokens / (d * cost + self.config.verify_cost_ratio)
+            if per_cost > best:
+                best_length, best = d, per_cost
+        return best_length
 
     def propose(self, running: list[Sequence]) -> None:
         """Set draft_token_ids on the running sequences that are decoding (when active)."""
         decoding = [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
-        active = self.would_draft(running)
+        in_range = self._in_range(decoding)
+        length = self._draft_length(decoding) if in_range else 0
+        active = length > 0
         if decoding and active != self.active:
+            reason = (
+                "drafts pay"
+                if active
+                else "drafts would not pay for their steps"
+                if in_range
+                else "too many sequences decoding"
+            )
             logger.info(
-                "speculative decoding %s: %d sequences decoding (limit %d)",
+                "speculative decoding %s: %s (%d decoding, limit %d)",
                 "on" if active else "off",
+                reason,
                 len(decoding),
                 self.config.max_batch_size,
             )
@@ -71,9 +118,12 @@ class SpeculativeDecoder:
             return
         if not active:
             self.metrics.num_spec_off_steps += 1
+            if in_range:
+                self._skipped += 1
             return
+        self._skipped = 0
         started = time.perf_counter()
-        budgets = [self._budget(s) for s in decoding]
+        budgets = [min(self._budget(s), length) for s in decoding]
         proposal = self.proposer.propose(decoding, budgets)
         drafts = [list(d[: budgets[i]]) for i, d in enumerate(proposal.token_ids)]
         if self._worth_verifying(decoding, drafts):
@@ -92,7 +142,7 @@ class SpeculativeDecoder:
         expected = 0.0
         for seq, d in zip(seqs, drafts, strict=True):
             rate = min((seq.num_accepted_drafts + 1) / (seq.num_proposed_drafts + 2), 0.99)
-            expected += rate * (1 - rate ** len(d)) / (1 - rate)
+            expected += expected_accepted(rate, len(d))
         return expected >= len(drafts) * (self.config.verify_cost_ratio - 1.0)
 
     def _budget(self, seq: Sequence) -> int:
@@ -173,6 +223,8 @@ class SpeculativeDecoder:
             seq, num_drafts = chunk.seq, len(chunk.draft_token_ids)
             seq.num_proposed_drafts += num_drafts
             seq.num_accepted_drafts += accepted
+            self._proposed += num_drafts
+            self._accepted += accepted
             if self.config.adaptive_draft_length and num_drafts:
                 self._adapt_draft_length(seq, num_drafts, accepted)
         m = self.metrics

@@ -32,11 +32,31 @@ from engine.spec.rejection_sampler import processed_probs
 logger = logging.getLogger(__name__)
 
 
+def estimate_draft_cost(draft: ModelConfig, target: ModelConfig) -> float:
+    """A draft step's time over a target step's at the small batches speculation runs at:
+    half weight bytes read (bandwidth), half layer count (per-layer launch and latency).
+    Qwen2.5 0.5B for 1.5B: 0.59 by this, ~0.6 measured on an H100 at batch 1-16."""
+
+    def weights(config: ModelConfig) -> int:
+        counts = config.param_counts()
+        return counts["layers"] + counts["lm_head"]
+
+    return 0.5 * weights(draft) / weights(target) + 0.5 * (
+        draft.num_hidden_layers / target.num_hidden_layers
+    )
+
+
 class DraftModelProposer:
     def __init__(
-        self, model: LlamaForCausalLM, num_blocks: int, block_size: int, device: torch.device
+        self,
+        model: LlamaForCausalLM,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        cost_per_token: float,
     ) -> None:
         self.model = model
+        self.cost_per_token = cost_per_token
         self.block_size = block_size
         self.device = device
         cache = CacheConfig(
@@ -79,7 +99,10 @@ class DraftModelProposer:
         else:
             budget = target.cache.cpu_kv_cache_bytes // 2
         num_blocks = max(1, min(wanted, budget // per_block))
-        proposer = cls(net, num_blocks, block_size, device)
+        cost = target.speculative.draft_cost_ratio
+        if cost is None:
+            cost = estimate_draft_cost(config, target.model)
+        proposer = cls(net, num_blocks, block_size, device, cost)
         graphs = (
             device.type == "cuda"
             and net.kernels is not REFERENCE_KERNELS
@@ -93,10 +116,11 @@ class DraftModelProposer:
             k = target.speculative.num_speculative_tokens
             proposer.runner.enable_cuda_graphs([(1, batch), (k + 1, batch)], per_seq)
         logger.info(
-            "draft model %s: %d KV blocks, CUDA graphs %s",
+            "draft model %s: %d KV blocks, CUDA graphs %s, a draft step costs %.2f target steps",
             model,
             num_blocks,
             "on" if graphs else "off",
+            cost,
         )
         return proposer
 

@@ -43,6 +43,8 @@ def _nearest(starts: list[int], expected: int) -> int:
 
 
 class NgramProposer:
+    cost_per_token = 0.0  # a host lookup per sequence
+
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n = min_n
         self.max_n = max_n

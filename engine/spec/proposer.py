@@ -20,6 +20,10 @@ class Proposal:
 
 
 class Proposer(Protocol):
+    # target-step time one draft token costs (a draft model's step / a plain target step);
+    # 0 for proposers that take no device time worth counting
+    cost_per_token: float
+
     def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> Proposal:
         """Up to num_tokens[i] drafts for seqs[i], continuing seqs[i].token_ids."""
         ...

@@ -23,7 +23,13 @@ def test_draft_model_steps_replay_graphs_and_greedy_outputs_equal_plain_decoding
     plain = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
     # k = 5: four one-token draft steps queued back to back, so the decode family's two
     # staging sets are each reused within a proposal
-    spec = {"method": "draft", "model": str(draft), "k": 5, "verify_cost_ratio": 1.0}
+    spec = {
+        "method": "draft",
+        "model": str(draft),
+        "k": 5,
+        "verify_cost_ratio": 1.0,
+        "draft_cost_ratio": 0,
+    }
     llm = LLM(str(target), dtype="float32", speculative=spec)
     runner = llm.engine.speculator.proposer.runner
     assert [g.query_len for g in runner.graphs] == [1, 6]
@@ -59,7 +65,13 @@ def test_draft_graphs_queued_back_to_back_draft_the_targets_own_tokens(tmp_path)
     tm.make_tiny_model("qwen2", target, seed=0)
     prompts = tm.random_prompts(8, 4, 40, seed=9)
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
-    spec = {"method": "draft", "model": str(target), "k": 6, "verify_cost_ratio": 1.0}
+    spec = {
+        "method": "draft",
+        "model": str(target),
+        "k": 6,
+        "verify_cost_ratio": 1.0,
+        "draft_cost_ratio": 0,
+    }
     llm = LLM(str(target), dtype="float32", speculative=spec)
     runner = llm.engine.speculator.proposer.runner
     assert [g.query_len for g in runner.graphs] == [1, 7]

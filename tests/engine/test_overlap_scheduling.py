@@ -141,6 +141,7 @@ def test_speculation_switching_on_and_off_with_overlap_gives_identical_outputs(
     spec = {"method": method, "k": 3, "prompt_lookup_min": 1, "max_batch_size": 2}
     if method == "draft":
         spec["model"] = str(draft)
+        spec["draft_cost_ratio"] = 0.0  # speculate whenever the batch allows
     # at most 3 running: speculation turns on when one finishes (2 decoding) and off again when
     # the next is admitted, so sequences with proposer state also finish in overlapped steps
     args = dict(dtype="float32", max_num_seqs=3)

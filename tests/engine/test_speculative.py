@@ -12,7 +12,7 @@ from engine.kv_cache_manager import KVCacheManager
 from engine.metrics import RunMetrics
 from engine.request import Request, Sequence
 from engine.scheduler import ScheduledChunk
-from engine.spec.decoder import SpeculativeDecoder
+from engine.spec.decoder import PROBE_INTERVAL, SpeculativeDecoder
 from engine.spec.ngram import NgramProposer
 from engine.spec.rejection_sampler import RejectionSampler
 from tests.engine import tiny_models as tm
@@ -218,7 +218,7 @@ def test_greedy_outputs_are_identical_with_speculation_on_and_off(tiny_pair, met
     engine_args = dict(dtype="float32", block_size=4, num_blocks=44, max_num_batched_tokens=24)
     reference = LLM(str(target), **engine_args).generate(prompts, params, use_tqdm=False)
     spec = (
-        {"method": method, "k": 3, "model": str(draft)}
+        {"method": method, "k": 3, "model": str(draft), "draft_cost_ratio": 0.0}
         if method == "draft"
         else {"method": "ngram", "k": 4, "prompt_lookup_min": 1}
     )
@@ -251,7 +251,9 @@ def test_adaptive_switch_turns_speculation_off_for_large_batches(tiny_pair):
 def test_seeded_sampling_with_speculation_is_reproducible(tiny_pair):
     target, draft = tiny_pair
     llm = LLM(
-        str(target), dtype="float32", speculative={"method": "draft", "model": str(draft), "k": 3}
+        str(target),
+        dtype="float32",
+        speculative={"method": "draft", "model": str(draft), "k": 3, "draft_cost_ratio": 0.0},
     )
     params = SamplingParams(max_tokens=16, temperature=0.9, seed=11, ignore_eos=True)
     first = llm.generate(copy_heavy_prompts(), params, use_tqdm=False)
@@ -311,6 +313,50 @@ def test_drafts_are_skipped_when_their_expected_tokens_cannot_pay_for_a_verify_s
     assert llm.metrics.num_spec_steps == 0  # at most 4 expected tokens per sequence < 5 needed
 
 
+def test_a_costly_draft_that_is_rarely_accepted_sits_out_and_probes_again(tiny_pair):
+    """A draft step costing half a target step pays only with high acceptance: this draft (other
+    weights) is almost never accepted, so after its first proposal the target decodes plainly,
+    proposing again once every PROBE_INTERVAL steps, with the same tokens as plain decoding."""
+    target, draft = tiny_pair
+    prompts = copy_heavy_prompts()[:1]
+    params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+    reference = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
+    spec = {"method": "draft", "model": str(draft), "k": 4, "draft_cost_ratio": 0.5}
+    llm = LLM(str(target), dtype="float32", speculative=spec)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == [r.token_ids for r in reference]
+    m = llm.metrics
+    assert 1 <= m.num_spec_steps <= 1 + 60 // PROBE_INTERVAL
+    assert m.num_spec_off_steps >= 2 * PROBE_INTERVAL
+
+
+def test_a_costly_draft_that_is_accepted_drafts_on_every_step(tiny_pair):
+    target, _ = tiny_pair
+    prompts = copy_heavy_prompts()[:2]
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    spec = {"method": "draft", "model": str(target), "k": 4, "draft_cost_ratio": 0.5}
+    llm = LLM(str(target), dtype="float32", speculative=spec)
+    llm.generate(prompts, params, use_tqdm=False)
+    m = llm.metrics
+    assert m.num_spec_steps > 0 and m.num_spec_off_steps == 0
+    assert m.num_accepted_tokens == m.num_draft_tokens
+
+
+def test_draft_cost_estimate_weighs_weight_bytes_and_layers_equally():
+    from engine.config import ModelConfig
+    from engine.spec.draft_model import estimate_draft_cost
+
+    def shape(hidden, inter, layers, heads, kv, head_dim):
+        return ModelConfig(
+            "Qwen2ForCausalLM", 151936, hidden, inter, layers, heads, kv, head_dim, 32768
+        )
+
+    qwen_05b = shape(896, 4864, 24, 14, 2, 64)
+    qwen_15b = shape(1536, 8960, 28, 12, 2, 128)
+    assert estimate_draft_cost(qwen_15b, qwen_15b) == pytest.approx(1.0)
+    assert estimate_draft_cost(qwen_05b, qwen_15b) == pytest.approx(0.59, abs=0.01)
+
+
 def test_draft_model_catches_up_after_steps_that_skipped_its_drafts(tiny_pair):
     """With drafts never worth verifying, the target decodes plainly while the draft's cache
     already holds its own first draft; when that equals the target's token (same weights here)
@@ -320,7 +366,10 @@ def test_draft_model_catches_up_after_steps_that_skipped_its_drafts(tiny_pair):
     params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
     reference = LLM(str(target), dtype="float32").generate(prompts, params, use_tqdm=False)
     spec = SpeculativeConfig(
-        method=SpeculativeMethod.DRAFT, draft_model=str(target), verify_cost_ratio=6.0
+        method=SpeculativeMethod.DRAFT,
+        draft_model=str(target),
+        verify_cost_ratio=6.0,
+        draft_cost_ratio=0.0,
     )
     llm = LLM(str(target), dtype="float32", speculative=spec)
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -331,7 +380,9 @@ def test_draft_model_catches_up_after_steps_that_skipped_its_drafts(tiny_pair):
 def test_generated_token_count_equals_the_tokens_completions_hold(tiny_pair):
     target, _ = tiny_pair
     llm = LLM(
-        str(target), dtype="float32", speculative={"method": "draft", "model": str(target), "k": 4}
+        str(target),
+        dtype="float32",
+        speculative={"method": "draft", "model": str(target), "k": 4, "draft_cost_ratio": 0.0},
     )
     stops = SamplingParams(max_tokens=20, temperature=0, stop_token_ids=tuple(range(10, 500, 3)))
     outs = llm.generate(copy_heavy_prompts(), stops, use_tqdm=False)
@@ -344,7 +395,13 @@ def test_draft_steps_after_the_first_take_their_input_token_on_the_device(tiny_p
     token from the step before without the host reading it (PendingInputs), so the drafts
     equal the target's own greedy tokens (draft = target) and every draft is accepted."""
     target, _ = tiny_pair
-    spec = {"method": "draft", "model": str(target), "k": 3, "verify_cost_ratio": 1.0}
+    spec = {
+        "method": "draft",
+        "model": str(target),
+        "k": 3,
+        "verify_cost_ratio": 1.0,
+        "draft_cost_ratio": 0.0,
+    }
     llm = LLM(str(target), dtype="float32", speculative=spec)
     runner = llm.engine.speculator.proposer.runner
     calls: list[bool] = []
