@@ -72,7 +72,6 @@ def run_engine(
     max_num_seqs: int,
     max_num_batched_tokens: int,
     shared_prefix_attention: bool = True,
-    micro_batch_overlap: bool = False,
 ) -> dict:
     config = EngineConfig(
         model=cfg,
@@ -84,7 +83,6 @@ def run_engine(
         scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs),
         dtype=torch.bfloat16,
         device="cuda",
-        micro_batch_overlap=micro_batch_overlap,
     )
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -253,11 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="WP: leave out the prefix-cache-on run with shared-prefix attention off",
     )
-    ap.add_argument(
-        "--micro-batch-overlap",
-        action="store_true",
-        help="also run each configuration with micro-batch overlap (name suffix _mbo)",
-    )
     ap.add_argument("--only", default=None, help="comma-separated run names to keep")
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args(argv)
@@ -306,12 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.skip_plain_attention:
             del variants["ours_prefix_on_plain_attn"]
-    runs = [(name, v, False) for name, v in variants.items()]
-    if args.micro_batch_overlap:
-        runs += [(f"{name}_mbo", v, True) for name, v in variants.items()]
     if args.only:
-        runs = [r for r in runs if r[0] in args.only.split(",")]
-    for name, (kv_dtype, prefix, shared_attention), micro_batches in runs:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+    for name, (kv_dtype, prefix, shared_attention) in variants.items():
         print(f"running {name}", flush=True)
         r = run_engine(
             cfg,
@@ -323,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
             args.max_num_seqs,
             args.max_num_batched_tokens,
             shared_attention,
-            micro_batches,
         )
         cache = CacheConfig(kv_cache_dtype=kv_dtype)
         per_token = kv_bytes_per_block(cfg, cache, torch.bfloat16) // cache.block_size

@@ -271,7 +271,3 @@ class EngineConfig:
     # Schedule step N+1 while step N runs (engine/llm_engine.py). None: on for CUDA devices.
     # Off whenever speculative decoding is configured.
     overlap_scheduling: bool | None = None
-    # Decode steps of >= 64 sequences (CUDA graphs) run as two halves whose attention and
-    # matmuls interleave on two streams (LlamaForCausalLM.forward_micro_batches); so do a
-    # mixed step's >= 64 decodes and its prefill chunks.
-    micro_batch_overlap: bool = False

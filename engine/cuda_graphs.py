@@ -11,11 +11,7 @@ chunk order.
 
 A decode family may run shared-prefix attention (kernels/shared_prefix.py): its graphs read the
 plan from fixed-size device arrays, filled each step from the host plan; unused tiles are
-marked empty, so a graph captured with no shared prefix replays any plan that fits.
-
-With micro-batch overlap (plain decode families, sizes >= MICRO_BATCH_MIN_SIZE), a graph runs
-its sequences as two halves whose attention and matmuls interleave on two streams
-(LlamaForCausalLM.forward_micro_batches)."""
+marked empty, so a graph captured with no shared prefix replays any plan that fits."""
 
 from __future__ import annotations
 
@@ -25,7 +21,7 @@ from typing import Any
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
-from engine.model_runner import MICRO_BATCH_MIN_SIZE, HostBatch, PendingInputs
+from engine.model_runner import HostBatch, PendingInputs
 from engine.models.llama import LlamaForCausalLM
 from engine.shared_prefix import SharedPrefixPlan, max_plan_tiles
 from kernels.shared_prefix import SharedPrefix
@@ -52,7 +48,6 @@ class StepGraphs:
         query_len: int,
         pool: Any = None,
         shared_prefix: SharedPrefixTiling | None = None,
-        side_stream: torch.cuda.Stream | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -94,9 +89,6 @@ class StepGraphs:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool
         self.tiling = shared_prefix
-        # with a side stream, plain decode families run two micro-batches per step, the second
-        # on that stream
-        self.side_stream = side_stream if q == 1 and shared_prefix is None else None
         if shared_prefix is not None:
             assert q == 1, "shared-prefix attention runs in decode steps only"
             # one int32 array: prefix_lens [n], seq_order [n], then 4 tile arrays [tiles]
@@ -145,12 +137,6 @@ class StepGraphs:
             shared_prefix=self._shared_prefix_view(size),
         )
 
-    def _forward(self, size: int) -> torch.Tensor:
-        if self.side_stream is not None and size >= MICRO_BATCH_MIN_SIZE:
-            halves = self._view(size).split_decode(size // 2)
-            return self.model.forward_micro_batches(halves, self.kv_caches, self.side_stream)
-        return self.model(self._view(size), self.kv_caches)
-
     def _shared_prefix_view(self, size: int) -> SharedPrefix | None:
         if self.tiling is None:
             return None
@@ -169,8 +155,9 @@ class StepGraphs:
     def capture(self) -> Any:
         """Capture every size, largest first (smaller graphs reuse its pool); returns the pool."""
         for size in reversed(self.sizes):
+            batch = self._view(size)
             for _ in range(2):  # warm up (Triton compiles/autotunes outside the capture)
-                self._forward(size)
+                self.model(batch, self.kv_caches)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             # The graph ends at the final hidden states; logits are computed after the replay.
@@ -178,7 +165,7 @@ class StepGraphs:
             # (sum of sizes x vocab x 4 bytes: 4.4 GB for a 128k vocabulary) would not fit
             # beside the KV cache; hidden states take 1/30 of that.
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[size] = self._forward(size)
+                self.outputs[size] = self.model(batch, self.kv_caches)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph

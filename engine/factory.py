@@ -156,14 +156,7 @@ def create_engine(
         and config.cache.enable_prefix_caching
         and model.kernels is not REFERENCE_KERNELS  # the references attend plainly anyway
     )
-    runner = ModelRunner(
-        model,
-        kv_caches,
-        config.cache.block_size,
-        device,
-        shared_prefix,
-        micro_batches=config.micro_batch_overlap,
-    )
+    runner = ModelRunner(model, kv_caches, config.cache.block_size, device, shared_prefix)
     use_graphs = (
         cuda_graphs
         and device.type == "cuda"

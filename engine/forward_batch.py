@@ -32,35 +32,6 @@ class ForwardBatch:
     # attention runs them in a launch of their own, with decode tiles.
     num_decode_seqs: int = 0
 
-    def split_decode(self, first: int) -> tuple[ForwardBatch, ForwardBatch]:
-        """A plain decode step (one query row per sequence, every row sampled) as two: its
-        first `first` sequences and the rest, each with its own row numbering."""
-        assert self.shared_prefix is None, "a shared-prefix plan spans all the sequences"
-        n = self.context_lens.shape[0]
-        assert self.input_ids.shape[0] == n and self.logits_indices.shape[0] == n, (
-            "split_decode takes decode steps: one sampled row per sequence"
-        )
-        return (
-            ForwardBatch(
-                input_ids=self.input_ids[:first],
-                positions=self.positions[:first],
-                slot_mapping=self.slot_mapping[:first],
-                block_tables=self.block_tables[:first],
-                cu_query_lens=self.cu_query_lens[: first + 1],
-                context_lens=self.context_lens[:first],
-                logits_indices=self.logits_indices[:first],
-            ),
-            ForwardBatch(
-                input_ids=self.input_ids[first:],
-                positions=self.positions[first:],
-                slot_mapping=self.slot_mapping[first:],
-                block_tables=self.block_tables[first:],
-                cu_query_lens=self.cu_query_lens[first:] - first,
-                context_lens=self.context_lens[first:],
-                logits_indices=self.logits_indices[first:] - first,
-            ),
-        )
-
 
 @dataclass
 class LayerKVCache:

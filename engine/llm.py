@@ -82,7 +82,6 @@ class LLM:
         cuda_graphs: bool = True,
         speculative: SpeculativeConfig | Mapping[str, Any] | None = None,
         overlap_scheduling: bool | None = None,
-        micro_batch_overlap: bool = False,
     ) -> None:
         started = time.perf_counter()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,7 +121,6 @@ class LLM:
             device=device,
             seed=seed,
             overlap_scheduling=overlap_scheduling,
-            micro_batch_overlap=micro_batch_overlap,
         )
         torch_device = torch.device(device)
         # what other engines in this process hold is not this engine's to count

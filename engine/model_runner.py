@@ -100,41 +100,14 @@ class HostBatch:
     context_lens: list[int]
     logits_indices: list[int]
     _table: np.ndarray | None = None
-    _leading_decodes: int | None = None
 
     def num_leading_decodes(self) -> int:
-        """How many sequences from the first have one query row each (counted once)."""
-        if self._leading_decodes is None:
-            cu = self.cu_query_lens
-            n = 0
-            while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
-                n += 1
-            self._leading_decodes = n
-        return self._leading_decodes
-
-    def split(self, first: int) -> tuple[HostBatch, HostBatch]:
-        """The first `first` sequences and the rest, each with its own row numbering."""
-        rows = self.cu_query_lens[first]
-        return (
-            HostBatch(
-                self.input_ids[:rows],
-                self.positions[:rows],
-                self.slot_mapping[:rows],
-                self.block_tables[:first],
-                self.cu_query_lens[: first + 1],
-                self.context_lens[:first],
-                [i for i in self.logits_indices if i < rows],
-            ),
-            HostBatch(
-                self.input_ids[rows:],
-                self.positions[rows:],
-                self.slot_mapping[rows:],
-                self.block_tables[first:],
-                [c - rows for c in self.cu_query_lens[first:]],
-                self.context_lens[first:],
-                [i - rows for i in self.logits_indices if i >= rows],
-            ),
-        )
+        """How many sequences from the first have one query row each."""
+        cu = self.cu_query_lens
+        n = 0
+        while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
+            n += 1
+        return n
 
     def block_table(self) -> np.ndarray:
         """block_tables as one [num_seqs, longest] int32 array (built once)."""
@@ -177,11 +150,6 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
     return batch
 
 
-# Below this many sequences (a decode graph's size, a mixed step's decodes) a step's decode
-# attention is too short to hide matmuls behind: micro-batch overlap leaves it whole.
-MICRO_BATCH_MIN_SIZE = 64
-
-
 def padded_block_table_np(rows: list[list[int]], width: int) -> np.ndarray:
     """[len(rows), width] int32, each row right-padded with block 0 (never read: context_lens
     bounds every read). Filled through numpy: a nested-list torch.tensor is ~10x slower."""
@@ -206,34 +174,20 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         shared_prefix: bool = False,
-        micro_batches: bool = False,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        # Mixed steps with >= MICRO_BATCH_MIN_SIZE decodes run them and the prefill chunks as
-        # two micro-batches (LlamaForCausalLM.forward_micro_batches): on CUDA the decodes'
-        # attention runs beside the prefill matmuls on a side stream; elsewhere in order.
-        self.micro_batches = micro_batches
-        self.side_stream = (
-            torch.cuda.Stream(device) if micro_batches and device.type == "cuda" else None
-        )
         self.graphs: list[StepGraphs] = []  # by query length, set by enable_cuda_graphs
         self.shared_prefix = shared_prefix  # plan shared-prefix attention for decode steps
         self.seqs_per_tile = seqs_per_tile(model)
         self.last_shared_prefix: SharedPrefixPlan | None = None  # the last step's plan
 
-    def enable_cuda_graphs(
-        self,
-        families: list[tuple[int, int]],
-        max_blocks_per_seq: int,
-    ) -> None:
+    def enable_cuda_graphs(self, families: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
         """Capture graphs for each (query_len, max_batch_size) family: (1, B) for decode steps,
         (k + 1, B') for speculative verify steps; with shared-prefix attention on, decode steps
-        get a second family that runs it. With micro-batches on, plain decode graphs of >= 64
-        sequences run two interleaved halves on the runner's side stream
-        (engine/cuda_graphs.py)."""
+        get a second family that runs it."""
         from engine.cuda_graphs import SharedPrefixTiling, StepGraphs
 
         variants: list[tuple[int, int, SharedPrefixTiling | None]] = [
@@ -252,7 +206,6 @@ class ModelRunner:
                 query_len,
                 pool,
                 tiling_or_none,
-                self.side_stream,
             )
             pool = graphs.capture()
             self.graphs.append(graphs)
@@ -333,16 +286,6 @@ class ModelRunner:
                 if graphs.fits(host, query_lens, plan):
                     hidden = graphs.run(host, query_lens, plan, pending, num_logits)
                     return self.model.compute_logits(hidden, float_logits)
-        decodes = host.num_leading_decodes()
-        if self.micro_batches and MICRO_BATCH_MIN_SIZE <= decodes < len(out.chunks):
-            first, second = (self.prepare(part) for part in host.split(decodes))
-            if pending is not None:
-                assert max(pending.rows) < decodes, "pending tokens belong to decodes"
-                pending.fill(first.input_ids)
-            hidden = self.model.forward_micro_batches(
-                (first, second), self.kv_caches, self.side_stream
-            )
-            return self.model.compute_logits(hidden, float_logits)
         batch = self.prepare(host)
         if pending is not None:
             pending.fill(batch.input_ids)

@@ -17,7 +17,6 @@ Dict form (every section and key optional except input.url, output.url and model
     grouping: {dedup, prefix_grouping}
     engine: {kv_cache_dtype, max_num_batched_tokens, block_size, max_num_seqs,
              enable_prefix_caching, shared_prefix_attention, overlap_scheduling,
-             micro_batch_overlap,
              num_blocks, dtype, device, seed, speculative}
     storage_options: {endpoint_url, ...}   # fsspec options; credentials from the environment
 """
@@ -252,7 +251,6 @@ class EngineOptions:
     enable_prefix_caching: bool = True
     shared_prefix_attention: bool = True
     overlap_scheduling: bool | None = None  # None: on for CUDA
-    micro_batch_overlap: bool = False
     num_blocks: int | None = None
     dtype: str = "auto"
     device: str | None = None
@@ -275,7 +273,7 @@ class EngineOptions:
         for name in ("max_num_batched_tokens", "block_size", "max_num_seqs"):
             _check_positive(name, getattr(self, name))
         _check_positive("num_blocks", self.num_blocks, allow_none=True)
-        for flag in ("enable_prefix_caching", "shared_prefix_attention", "micro_batch_overlap"):
+        for flag in ("enable_prefix_caching", "shared_prefix_attention"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.overlap_scheduling is not None and not isinstance(self.overlap_scheduling, bool):

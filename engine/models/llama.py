@@ -7,9 +7,6 @@ KernelSet, so the same module runs the Triton path on CUDA and the torch referen
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, cast
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,22 +52,6 @@ class Attention(nn.Module):
         cos_sin: torch.Tensor,
         kernels: KernelSet,
     ) -> torch.Tensor:
-        return self.project_out(self.attend(hidden, batch, kv, cos_sin, kernels))
-
-    def project_out(self, attended: torch.Tensor) -> torch.Tensor:
-        """[num_tokens, num_heads * head_dim] -> [num_tokens, hidden_size] (o_proj)."""
-        return F.linear(attended, self.o_proj_weight)
-
-    def attend(
-        self,
-        hidden: torch.Tensor,  # [num_tokens, hidden_size]
-        batch: ForwardBatch,
-        kv: LayerKVCache,
-        cos_sin: torch.Tensor,
-        kernels: KernelSet,
-    ) -> torch.Tensor:
-        """QKV projection, rotary, KV write and paged attention: [num_tokens, num_heads *
-        head_dim], before o_proj."""
         qkv = F.linear(hidden, self.qkv_proj_weight, self.qkv_proj_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(-1, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
@@ -94,7 +75,7 @@ class Attention(nn.Module):
             shared_prefix=batch.shared_prefix,
             num_decode_seqs=batch.num_decode_seqs,
         )
-        return out.reshape(-1, self.q_size)
+        return F.linear(out.reshape(-1, self.q_size), self.o_proj_weight)
 
 
 class DecoderLayer(nn.Module):
@@ -118,20 +99,6 @@ class DecoderLayer(nn.Module):
         kernels: KernelSet,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's output before the residual add, the running residual)."""
-        attended, residual = self.attention_phase(hidden, residual, batch, kv, cos_sin, kernels)
-        return self.dense_phase(attended, residual, kernels)
-
-    def attention_phase(
-        self,
-        hidden: torch.Tensor,
-        residual: torch.Tensor | None,
-        batch: ForwardBatch,
-        kv: LayerKVCache,
-        cos_sin: torch.Tensor,
-        kernels: KernelSet,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input norm through attention (memory-bound in decode steps): (attention output
-        before o_proj, the running residual)."""
         if residual is None:
             residual = hidden
             hidden = kernels.rms_norm(hidden, self.input_layernorm_weight, self.eps)
@@ -139,13 +106,7 @@ class DecoderLayer(nn.Module):
             hidden, residual = kernels.fused_add_rms_norm(
                 hidden, residual, self.input_layernorm_weight, self.eps
             )
-        return self.self_attn.attend(hidden, batch, kv, cos_sin, kernels), residual
-
-    def dense_phase(
-        self, attended: torch.Tensor, residual: torch.Tensor, kernels: KernelSet
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """o_proj, post-attention norm and the MLP (compute-bound in large decode steps)."""
-        hidden = self.self_attn.project_out(attended)
+        hidden = self.self_attn(hidden, batch, kv, cos_sin, kernels)
         hidden, residual = kernels.fused_add_rms_norm(
             hidden, residual, self.post_attention_layernorm_weight, self.eps
         )
@@ -192,67 +153,6 @@ class LlamaForCausalLM(nn.Module):
         assert residual is not None
         hidden = hidden[batch.logits_indices]
         residual = residual[batch.logits_indices]
-        hidden, _ = self.kernels.fused_add_rms_norm(hidden, residual, self.norm_weight, self.eps)
-        return hidden
-
-    def forward_micro_batches(
-        self,
-        batches: tuple[ForwardBatch, ForwardBatch],
-        kv_caches: list[LayerKVCache],
-        side_stream: torch.cuda.Stream | None,
-    ) -> torch.Tensor:
-        """forward() of two micro-batches (disjoint sets of sequences, each a ForwardBatch of
-        its own), their hidden states concatenated in order: [num_sampled_0 + num_sampled_1,
-        hidden_size].
-
-        Each layer splits into an attention phase (memory-bound in a decode step) and a dense
-        phase (o_proj and MLP, compute-bound at large batches). Micro-batch 0 runs on the
-        current stream and 1 on side_stream, and the dense phases take turns: 0's dense phase
-        of layer l waits for 1's dense phase of layer l-1, and 1's waits for 0's of layer l.
-        So each micro-batch's attention runs while the other one's matmuls do, instead of a
-        step running all its attention and all its matmuls one after the other. Without a side
-        stream (CPU) the same work runs in order: the results are those of forward()."""
-        main = None
-        if side_stream is not None:
-            main = torch.cuda.current_stream()
-            side_stream.wait_stream(main)  # the inputs were written on the main stream
-        streams = (main, side_stream)
-
-        def on(stream: torch.cuda.Stream | None) -> Any:
-            return torch.cuda.stream(stream) if stream is not None else nullcontext()
-
-        states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for batch, stream in zip(batches, streams, strict=True):
-            with on(stream):
-                states.append((F.embedding(batch.input_ids, self.embed_tokens_weight), None))
-        dense_done: list[torch.cuda.Event | None] = [None, None]
-        layers = cast(list[DecoderLayer], list(self.layers))
-        cos_sin = cast(torch.Tensor, self.cos_sin)
-        for layer, kv in zip(layers, kv_caches, strict=True):
-            for m, (batch, stream) in enumerate(zip(batches, streams, strict=True)):
-                with on(stream):
-                    hidden, residual = states[m]
-                    attended, residual = layer.attention_phase(
-                        hidden, residual, batch, kv, cos_sin, self.kernels
-                    )
-                    other = dense_done[1 - m]
-                    if stream is not None and other is not None:
-                        stream.wait_event(other)
-                    states[m] = layer.dense_phase(attended, residual, self.kernels)
-                    if stream is not None:
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                        dense_done[m] = event
-        outputs = []
-        for (hidden, residual), batch in zip(states, batches, strict=True):
-            assert residual is not None
-            outputs.append((hidden[batch.logits_indices], residual[batch.logits_indices]))
-        if main is not None and side_stream is not None:
-            main.wait_stream(side_stream)
-            for tensor in outputs[1]:
-                tensor.record_stream(main)  # allocated on the side stream, read on main
-        hidden = torch.cat([h for h, _ in outputs])
-        residual = torch.cat([r for _, r in outputs])
         hidden, _ = self.kernels.fused_add_rms_norm(hidden, residual, self.norm_weight, self.eps)
         return hidden
 

@@ -59,7 +59,6 @@ def test_dict_round_trips_through_to_dict():
         ({"engine": {"max_num_seqs": 0}}, "engine.max_num_seqs must be a positive integer"),
         ({"engine": {"overlap_scheduling": "yes"}}, "engine.overlap_scheduling must be true"),
         ({"engine": {"shared_prefix_attention": 1}}, "engine.shared_prefix_attention must be"),
-        ({"engine": {"micro_batch_overlap": "on"}}, "engine.micro_batch_overlap must be true"),
         ({"storage_options": {"secret": "s3cr3t"}}, "storage_options.secret: credentials"),
         ({"input": {"url": "x", "override_columns": {"temp": "t"}}}, "'temp' is not a sampling"),
         ({"model": None}, "model: missing"),
