@@ -4,8 +4,9 @@ scheduling, verify them from the target's logits after the step, keep the counte
 Adaptive, three times over: drafts are proposed only while 1..max_batch_size sequences decode
 (past that a step is compute-bound and the target would pay for every rejected draft); a
 proposer that costs target time (a draft model, `cost_per_token` > 0) proposes only as many
-drafts as pay for its steps and the verify step, by the expected accepted tokens (skipping the step when none do, with a
-probe every PROBE_INTERVAL skipped steps so a change in the text is noticed); and a step's
+drafts as pay for their own steps and the verify step by MIN_GAIN, judged by the expected
+accepted tokens, and sits steps out when none do, probing again after PROBE_INTERVAL of them
+(doubling after each probe that did not pay) so a change in the text is noticed; and a step's
 drafts are verified only when the tokens they are expected to add pay for the wider step. The
 expectations use each sequence's own acceptance so far (a per-draft acceptance a gives
 a + a^2 + ... + a^d expected tokens for d drafts). Switches are logged. All of it depends only
@@ -29,6 +30,11 @@ from engine.spec.rejection_sampler import RejectionSampler
 logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 16  # steps a costly proposer sits out before it proposes again anyway
+MAX_PROBE_INTERVAL = 256  # the interval doubles after each probe that does not pay
+# a costly proposer drafts only when drafting beats plain steps by this much: near break-even
+# the model's error (a batch waits for its least-accepted sequence; a sequence's draft cache
+# must catch up after steps without drafts) makes speculation lose
+MIN_GAIN = 1.1
 
 
 def expected_accepted(rate: float, num_drafts: int) -> float:
@@ -55,6 +61,8 @@ class SpeculativeDecoder:
         self._proposed = 0  # drafts verified and accepted so far, all sequences
         self._accepted = 0
         self._skipped = 0  # steps in a row a costly proposer sat out
+        self._probe_interval = PROBE_INTERVAL
+        self._probing = False  # the last proposal was a probe
 
     def would_draft(self, running: list[Sequence]) -> bool:
         """Whether this step proposes drafts: 1..max_batch_size sequences decoding and (for a
@@ -77,11 +85,11 @@ class SpeculativeDecoder:
         plain step's most (0: none does), or all of it when a probe is due."""
         cost = self.proposer.cost_per_token
         k = self.config.num_speculative_tokens
-        if cost <= 0 or self._skipped >= PROBE_INTERVAL:
+        if cost <= 0 or self._probe_due():
             return k
         budgets = [self._budget(s) for s in decoding]
         rates = [self._rate(s) for s in decoding]
-        best_length, best = 0, float(len(decoding))  # a plain step: a token each, cost 1
+        best_length, best = 0, MIN_GAIN * len(decoding)  # a plain step: a token each, cost 1
         for d in range(1, max(budgets, default=0) + 1):
             tokens = sum(
                 1 + expected_accepted(r, min(d, b)) for r, b in zip(rates, budgets, strict=True)
@@ -90,6 +98,9 @@ class SpeculativeDecoder:
             if per_cost > best:
                 best_length, best = d, per_cost
         return best_length
+
+    def _probe_due(self) -> bool:
+        return self._skipped >= self._probe_interval
 
     def propose(self, running: list[Sequence]) -> None:
         """Set draft_token_ids on the running sequences that are decoding (when active)."""
@@ -119,8 +130,16 @@ class SpeculativeDecoder:
         if not active:
             self.metrics.num_spec_off_steps += 1
             if in_range:
+                if self._probing:  # the probe's acceptance did not pay: wait longer next time
+                    self._probe_interval = min(2 * self._probe_interval, MAX_PROBE_INTERVAL)
+                    self._probing = False
                 self._skipped += 1
             return
+        if self._probe_due():
+            self._probing = True
+        else:
+            self._probing = False
+            self._probe_interval = PROBE_INTERVAL
         self._skipped = 0
         started = time.perf_counter()
         budgets = [min(self._budget(s), length) for s in decoding]

@@ -316,7 +316,7 @@ def test_drafts_are_skipped_when_their_expected_tokens_cannot_pay_for_a_verify_s
 def test_a_costly_draft_that_is_rarely_accepted_sits_out_and_probes_again(tiny_pair):
     """A draft step costing half a target step pays only with high acceptance: this draft (other
     weights) is almost never accepted, so after its first proposal the target decodes plainly,
-    proposing again once every PROBE_INTERVAL steps, with the same tokens as plain decoding."""
+    probing again after PROBE_INTERVAL steps (then twice that), with plain decoding's tokens."""
     target, draft = tiny_pair
     prompts = copy_heavy_prompts()[:1]
     params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
@@ -328,6 +328,8 @@ def test_a_costly_draft_that_is_rarely_accepted_sits_out_and_probes_again(tiny_p
     m = llm.metrics
     assert 1 <= m.num_spec_steps <= 1 + 60 // PROBE_INTERVAL
     assert m.num_spec_off_steps >= 2 * PROBE_INTERVAL
+    # each probe that did not pay doubled the wait before the next
+    assert llm.engine.speculator._probe_interval >= 2 * PROBE_INTERVAL
 
 
 def test_a_costly_draft_that_is_accepted_drafts_on_every_step(tiny_pair):
