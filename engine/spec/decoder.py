@@ -63,6 +63,7 @@ class SpeculativeDecoder:
         self._skipped = 0  # steps in a row a costly proposer sat out
         self._probe_interval = PROBE_INTERVAL
         self._probing = False  # the last proposal was a probe
+        self._skipped_with = 0  # sequences decoding when it last decided to sit out
 
     def would_draft(self, running: list[Sequence]) -> bool:
         """Whether this step proposes drafts: 1..max_batch_size sequences decoding and (for a
@@ -87,6 +88,8 @@ class SpeculativeDecoder:
         k = self.config.num_speculative_tokens
         if cost <= 0 or self._probe_due():
             return k
+        if self._skipped and len(decoding) == self._skipped_with:
+            return 0  # nothing has been verified since it said no, and no sequence joined or left
         budgets = [self._budget(s) for s in decoding]
         rates = [self._rate(s) for s in decoding]
         best_length, best = 0, MIN_GAIN * len(decoding)  # a plain step: a token each, cost 1
@@ -134,6 +137,7 @@ class SpeculativeDecoder:
                     self._probe_interval = min(2 * self._probe_interval, MAX_PROBE_INTERVAL)
                     self._probing = False
                 self._skipped += 1
+                self._skipped_with = len(decoding)
             return
         if self._probe_due():
             self._probing = True
