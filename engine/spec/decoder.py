@@ -37,6 +37,11 @@ MAX_PROBE_INTERVAL = 256  # the interval doubles after each probe that does not 
 MIN_GAIN = 1.1
 
 
+def _decoding(running: list[Sequence]) -> list[Sequence]:
+    """The running sequences whose next step is a decode (all but their last token computed)."""
+    return [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
+
+
 def expected_accepted(rate: float, num_drafts: int) -> float:
     """Expected accepted drafts out of num_drafts at a per-draft acceptance rate."""
     return rate * (1 - rate**num_drafts) / (1 - rate)
@@ -68,7 +73,7 @@ class SpeculativeDecoder:
     def would_draft(self, running: list[Sequence]) -> bool:
         """Whether this step proposes drafts: 1..max_batch_size sequences decoding and (for a
         costly proposer) drafts that pay for their steps."""
-        decoding = [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
+        decoding = _decoding(running)
         return self._in_range(decoding) and bool(self._draft_length(decoding))
 
     def _in_range(self, decoding: list[Sequence]) -> bool:
@@ -107,7 +112,7 @@ class SpeculativeDecoder:
 
     def propose(self, running: list[Sequence]) -> None:
         """Set draft_token_ids on the running sequences that are decoding (when active)."""
-        decoding = [s for s in running if s.num_computed_tokens == s.num_tokens - 1]
+        decoding = _decoding(running)
         in_range = self._in_range(decoding)
         length = self._draft_length(decoding) if in_range else 0
         active = length > 0
