@@ -6,8 +6,7 @@ Scenarios (8B shape by default: 32 query / 8 KV heads, head_dim 128, block 16):
   prefill  fresh prompts of --prompt-len tokens (context = query), as many as fill 16k tokens
            (prefill tiles: 64 or 128 query rows)
 Each runs over a bf16 and an INT8 cache. Reports milliseconds, and the decode scenario's cache
-read rate (GB/s) and the prefill scenarios' attention TFLOP/s. INT8 scenarios also time the
-default tiles with the codes converted one element at a time (the pre-fp16-codes kernel).
+read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
 
     python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--prompt-len 512]
 """
@@ -120,24 +119,6 @@ def sweep(
         f"{name} / {cache} cache: default {default} {default_ms:.3f} ms "
         f"{amount / default_ms:8.1f} {unit}"
     )
-    if int8:  # the same default tiles with the codes converted one element at a time
-        ms = 1000 * time_cuda(
-            lambda: launch_paged_attention(
-                query,
-                k,
-                v,
-                table,
-                cu,
-                ctx,
-                head_dim**-0.5,
-                k_scale,
-                v_scale,
-                default,
-                fp16_codes=False,
-            ),
-            10,
-        )
-        print(f"    element-wise conversion: {ms:.3f} ms {amount / ms:8.1f} {unit}")
     for ms, config in results[:5]:
         print(f"    {ms:.3f} ms {amount / ms:8.1f} {unit}  x{default_ms / ms:.2f}  {config}")
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels.kv_store import gather_kv_ref
-from kernels.kv_tile import attend_kv_tile, query_for_dot
+from kernels.kv_tile import attend_kv_tile
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -152,7 +152,6 @@ def _paged_attention_kernel(
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    FP16_CODES: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
@@ -175,7 +174,7 @@ def _paged_attention_kernel(
     head = kv_head * GROUP_SIZE + head_in_group
     q_offsets = (token * stride_query_token + head * stride_query_head)[:, None] + dims[None, :]
     q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0)
-    q, q_row_scale = query_for_dot(q, DOT_DTYPE, FP16_CODES)  # [BLOCK_M, HEAD_DIM], [BLOCK_M]
+    q = q.to(DOT_DTYPE)  # [BLOCK_M, HEAD_DIM]
     q_position = context_len - query_len + token_in_chunk  # [BLOCK_M]
     # Causal: no row of this block sees past the position of its last token.
     kv_end = tl.minimum(context_len, context_len - query_len + local_q + BLOCK_Q)
@@ -196,7 +195,6 @@ def _paged_attention_kernel(
         visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
         acc, max_score, denominator = attend_kv_tile(
             q,
-            q_row_scale,
             acc,
             max_score,
             denominator,
@@ -225,7 +223,6 @@ def _paged_attention_kernel(
             IS_INT8,
             DOT_DTYPE,
             DOT_PRECISION,
-            FP16_CODES,
         )
 
     if HAS_PREFIX:  # merge with the prefix part: both are softmax pieces of one row
@@ -299,8 +296,7 @@ def paged_attention(
     Reads no lengths on the host. An INT8 cache is dequantized inside the kernel. head_dim must
     be a power of two (>= 16). Logits, softmax statistics and the accumulator are fp32; on a GPU
     the two matrix products take 16-bit operands for a 16-bit query (exact for q, k, v, INT8
-    codes; the probabilities are rounded to that dtype, as in flash attention). Over an INT8
-    cache they take fp16 whatever the query's 16-bit dtype (kernels/kv_tile.py).
+    codes; the probabilities are rounded to that dtype, as in flash attention).
 
     With shared_prefix (decode steps only: one query per sequence) the shared prefixes are
     attended once per tile of sequences first (kernels/shared_prefix.py) and each sequence
@@ -362,12 +358,9 @@ def launch_paged_attention(
     config: TileConfig,
     shared_prefix: SharedPrefix | None = None,
     out: torch.Tensor | None = None,
-    fp16_codes: bool | None = None,
 ) -> torch.Tensor:
     """paged_attention with an explicit tile config (for tuning on a GPU); writes into out
-    (zeros, query's shape, dense rows) when given. fp16_codes=False makes a GPU convert INT8
-    codes element by element in the query's dtype instead of four at a time to fp16 (the
-    default, None), to time the two against each other."""
+    (zeros, query's shape, dense rows) when given."""
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
@@ -394,12 +387,6 @@ def launch_paged_attention(
     use_fp32_dot = query.dtype == torch.float32 or query.device.type != "cuda"
     dot_dtype = tl.float32 if use_fp32_dot else _TL_DTYPES[query.dtype]
     dot_precision = "ieee" if use_fp32_dot else "tf32"  # "tf32" only matters for fp32
-    # INT8 codes become fp16 four at a time on the GPU (kernels/kv_tile.py): fp16 products.
-    if fp16_codes is None:
-        fp16_codes = is_int8 and not use_fp32_dot
-    assert not fp16_codes or (is_int8 and not use_fp32_dot), "fp16 codes: INT8 cache, GPU"
-    if fp16_codes:
-        dot_dtype = tl.float16
     if shared_prefix is not None:
         assert num_tokens == num_seqs, "shared-prefix attention is for decode steps only"
         prefix_out, prefix_lse = shared_prefix_attention(
@@ -413,7 +400,6 @@ def launch_paged_attention(
             v_scale,
             dot_dtype,
             dot_precision,
-            fp16_codes,
         )
         prefix_lens = shared_prefix.prefix_lens
     else:  # unused by the kernel; any tensors give it pointers and strides
@@ -463,7 +449,6 @@ def launch_paged_attention(
         IS_INT8=is_int8,
         DOT_DTYPE=dot_dtype,
         DOT_PRECISION=dot_precision,
-        FP16_CODES=fp16_codes,
         HAS_PREFIX=shared_prefix is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from kernels.kv_store import gather_kv_ref
-from kernels.kv_tile import attend_kv_tile, query_for_dot
+from kernels.kv_tile import attend_kv_tile
 
 
 @dataclass
@@ -116,7 +116,6 @@ def _shared_prefix_kernel(
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    FP16_CODES: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = SEQS_PER_TILE * GROUP_PAD
     tile = tl.program_id(0)
@@ -136,8 +135,7 @@ def _shared_prefix_kernel(
     seq = tl.load(seq_order_ptr + first + member, mask=member < count, other=0).to(tl.int64)
     head = kv_head * GROUP_SIZE + head_in_group
     q_offsets = (seq * stride_query_token + head * stride_query_head)[:, None] + dims[None, :]
-    q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0)
-    q, q_row_scale = query_for_dot(q, DOT_DTYPE, FP16_CODES)  # [BLOCK_M, HEAD_DIM], [BLOCK_M]
+    q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0).to(DOT_DTYPE)
 
     block_table_ptr = block_tables_ptr + leader.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
@@ -150,7 +148,6 @@ def _shared_prefix_kernel(
         key_mask = keys < prefix_len  # every prefix key precedes every query: no causal mask
         acc, max_score, denominator = attend_kv_tile(
             q,
-            q_row_scale,
             acc,
             max_score,
             denominator,
@@ -179,7 +176,6 @@ def _shared_prefix_kernel(
             IS_INT8,
             DOT_DTYPE,
             DOT_PRECISION,
-            FP16_CODES,
         )
 
     seen = denominator > 0.0
@@ -201,12 +197,10 @@ def shared_prefix_attention(
     v_scale: torch.Tensor | None,
     dot_dtype: tl.dtype,
     dot_precision: str,
-    fp16_codes: bool = False,
     block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of shared_prefix_attention_ref (same contract). Reads no lengths on the
-    host, so it can run inside a CUDA graph. fp16_codes (INT8 cache on the GPU, dot_dtype fp16)
-    converts the codes with the bit trick of kernels/kv_tile.py."""
+    host, so it can run inside a CUDA graph."""
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group_size = num_heads // num_kv_heads
@@ -261,7 +255,6 @@ def shared_prefix_attention(
         IS_INT8=is_int8,
         DOT_DTYPE=dot_dtype,
         DOT_PRECISION=dot_precision,
-        FP16_CODES=fp16_codes,
         num_warps=4,
         num_stages=3,
     )

@@ -4,11 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from kernels.kv_store import quantize_int8_ref
-from kernels.kv_tile import int8_codes_to_fp16
 from kernels.paged_attention import paged_attention, paged_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,41 +237,3 @@ def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed, int8: bo
         scales = (k_scale, v_scale)
     out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes)
     assert torch.equal(out[-8:], torch.zeros_like(out[-8:]))
-
-
-@triton.jit
-def _codes_to_fp16_kernel(codes_ptr, out_ptr, N: tl.constexpr):
-    offsets = tl.arange(0, N)
-    tl.store(out_ptr + offsets, int8_codes_to_fp16(tl.load(codes_ptr + offsets)))
-
-
-@pytest.mark.gpu
-def test_int8_codes_become_the_same_integers_in_fp16_on_the_gpu() -> None:
-    codes = torch.arange(-128, 128, dtype=torch.int8, device="cuda").flip(0).repeat(4)
-    out = torch.empty(codes.shape, dtype=torch.float16, device="cuda")
-    _codes_to_fp16_kernel[(1,)](codes, out, N=codes.numel())
-    assert torch.equal(out, codes.to(torch.float16))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mixed", [False, True], ids=["decode", "mixed"])
-def test_int8_cache_attention_holds_for_queries_past_fp16_range_and_tiny_values(mixed) -> None:
-    # The fp16 products of the INT8 path must neither overflow on a bf16 query beyond 65504
-    # nor lose value-scaled probabilities below fp16's normal range.
-    batch = make_batch(
-        _real_size_seqs(mixed),
-        num_kv_heads=8,
-        group=4,
-        dtype=torch.bfloat16,
-        head_dim=128,
-        block_size=16,
-        device="cuda",
-    )
-    batch.query[:8] *= 2e5  # one-hot softmax rows, past fp16's largest value
-    batch.query[8:] *= 1e-2  # near-uniform rows
-    batch.v_cache *= 1e-5  # value scales ~3e-7, weights far below fp16's normal range
-    batch, k_scale, v_scale = quantized(batch)
-    out = paged_attention(*batch.args(), k_scale, v_scale)
-    expected = paged_attention_ref(*batch.args(), k_scale, v_scale)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out * 1e5, expected * 1e5, atol=1.5e-2, rtol=1.5e-2)
