@@ -20,7 +20,7 @@ import torch
 
 from bench.roofline import time_cuda
 from bench.shapes import SHAPES
-from kernels.kv_store import int8_scales, quantize_int8_ref
+from kernels.kv_store import quantize_int8_ref
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
 
 
@@ -43,11 +43,7 @@ def make_step(seqs: list[tuple[int, int]], kv_heads: int, heads: int, head_dim: 
     scales: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     if int8:
         (k, k_scale), (v, v_scale) = quantize_int8_ref(k), quantize_int8_ref(v)
-        # Laid out as the engine's (head-major storage).
-        scales = (
-            int8_scales(*shape[:3], device=dev).copy_(k_scale),
-            int8_scales(*shape[:3], device=dev).copy_(v_scale),
-        )
+        scales = (k_scale, v_scale)
     query = torch.randn(int(cu[-1]), heads, head_dim, device=dev, dtype=torch.bfloat16)
     ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=dev)
     return query, k, v, table.to(dev), cu.to(dev), ctx, scales

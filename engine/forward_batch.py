@@ -43,6 +43,5 @@ class LayerKVCache:
 
     k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
     v_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
-    # [num_blocks, block_size, num_kv_heads] fp32, INT8 only (head-major: kv_store.int8_scales)
-    k_scale: torch.Tensor | None = None
+    k_scale: torch.Tensor | None = None  # [num_blocks, block_size, num_kv_heads] fp32, INT8 only
     v_scale: torch.Tensor | None = None

@@ -18,7 +18,6 @@ from engine.models.llama import LlamaForCausalLM
 from engine.request import PENDING_TOKEN
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
-from kernels.kv_store import int8_scales
 from kernels.prompt_attention import PromptRows
 from kernels.shared_prefix import SharedPrefix
 
@@ -57,8 +56,8 @@ def allocate_kv_caches(
                 LayerKVCache(
                     k_cache=torch.zeros(shape, dtype=torch.int8, device=device),
                     v_cache=torch.zeros(shape, dtype=torch.int8, device=device),
-                    k_scale=int8_scales(*shape[:3], device=device),
-                    v_scale=int8_scales(*shape[:3], device=device),
+                    k_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
+                    v_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
                 )
             )
         else:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.kv_store import int8_scales, store_kv, store_kv_ref
+from kernels.kv_store import store_kv, store_kv_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -45,10 +45,8 @@ def _caches(
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
     if dtype == torch.int8:
         caches = [torch.randint(-127, 128, shape, generator=generator, dtype=torch.int8)] * 2
-        codes = [t.clone().to(device) for t in caches]
-        # The engine's layout: head-major storage seen as [num_blocks, block_size, num_kv_heads].
-        junk = torch.rand(shape[:3], generator=generator)
-        return codes + [int8_scales(*shape[:3], device=device).copy_(junk) for _ in range(2)]
+        scales = [torch.rand(shape[:3], generator=generator)] * 2
+        return [t.clone().to(device) for t in caches + scales]
     return [
         torch.randn(shape, generator=generator).to(dtype=dtype, device=device) for _ in range(2)
     ]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.kv_store import int8_scales, quantize_int8_ref
+from kernels.kv_store import quantize_int8_ref
 from kernels.paged_attention import paged_attention, paged_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,17 +187,6 @@ def test_paged_attention_over_int8_cache_matches_reference_on_the_same_int8_cach
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=dtype, num_padding_rows=1)
     int8_batch, k_scale, v_scale = quantized(batch)
     assert_matches_reference(int8_batch, k_scale, v_scale)
-
-
-def test_paged_attention_reads_int8_scales_in_the_engines_head_major_layout() -> None:
-    seqs = [(BLOCK + 1, 1), (MANY, 1), (11, 5)]
-    batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32)
-    int8_batch, k_scale, v_scale = quantized(batch)
-    shape = k_scale.shape
-    k_view = int8_scales(*shape, device=k_scale.device).copy_(k_scale)
-    v_view = int8_scales(*shape, device=v_scale.device).copy_(v_scale)
-    assert k_view.stride() != k_scale.stride()
-    assert_matches_reference(int8_batch, k_view, v_view)
 
 
 def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:
