@@ -1,7 +1,11 @@
 """Where one engine step's time goes: host phases timed with device syncs, then the top CUDA
-kernels of a few decode steps (torch.profiler).
+kernels of a few decode steps (torch.profiler). With --phase prefill, the top kernels of a few
+full prefill steps (max_num_batched_tokens prompt tokens each) instead, and their time against
+the matmul work they hold.
 
     python -m bench.profile_step --shape llama-3.2-1b --batch 512 --prompt-len 512
+    python -m bench.profile_step --shape llama-3.1-8b --batch 64 --prompt-len 4096 \
+        --phase prefill [--kv int8]   # WK-like prefill steps
     python -m bench.profile_step --shape llama-3.1-8b --batch 512 --prompt-len 1600 \
         --system-prompts 4 --system-prompt-len 1536 [--plain-attention]   # WP-like
 """
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--system-prompts", type=int, default=0, help="prompts start with one of N")
     ap.add_argument("--system-prompt-len", type=int, default=0)
     ap.add_argument("--plain-attention", action="store_true", help="no shared-prefix attention")
+    ap.add_argument("--phase", choices=["decode", "prefill"], default="decode")
     args = ap.parse_args()
     cfg = engine_config(args.shape, args.prompt_len + 256)
     model = random_model(cfg, torch.bfloat16, torch.device("cuda"))
@@ -80,6 +85,9 @@ def main() -> None:
         if systems:
             prompt = systems[i % len(systems)] + prompt
         engine.add_request(Request(i, tuple(prompt), params))
+    if args.phase == "prefill":
+        profile_prefill(engine, cfg)
+        return
     while (
         any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running)
         or engine.scheduler.waiting
@@ -110,6 +118,35 @@ def main() -> None:
         torch.cuda.synchronize()
     print(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60)
+    )
+
+
+def profile_prefill(engine, cfg, steps: int = 3) -> None:
+    """Two warm-up prefill steps, then `steps` timed and profiled ones (all prompt tokens)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        engine.step()
+    engine.drain()
+    torch.cuda.synchronize()
+    flops = 0.0
+    layer_params = cfg.param_counts()["layers"]
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = engine.scheduler.schedule()
+            flops += 2 * layer_params * out.num_prefill_tokens
+            logits = engine.runner.execute(out)
+            sampled = engine.sampler(logits, [c.seq for c in out.chunks if c.sample])
+            engine.scheduler.update(out, [[t] for t in sampled.token_ids])
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    print(
+        f"prefill steps: {wall / steps * 1000:.1f} ms each, layer matmuls "
+        f"{flops / steps / 1e12:.1f} TFLOP each ({flops / wall / 1e12:.0f} TFLOP/s)"
+    )
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70)
     )
 
 
