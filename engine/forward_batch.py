@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.prompt_attention import PromptRows
 from kernels.shared_prefix import SharedPrefix
 
 
@@ -32,9 +31,6 @@ class ForwardBatch:
     # The leading sequences with one query row each (a mixed step's decodes come first):
     # attention runs them in a launch of their own, with decode tiles.
     num_decode_seqs: int = 0
-    # The trailing sequences whose chunk is their whole context (prompts starting at position
-    # 0): attention runs them over their fresh keys and values (kernels/prompt_attention.py).
-    prompts: PromptRows | None = None
 
 
 @dataclass

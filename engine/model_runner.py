@@ -18,7 +18,6 @@ from engine.models.llama import LlamaForCausalLM
 from engine.request import PENDING_TOKEN
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
-from kernels.prompt_attention import PromptRows
 from kernels.shared_prefix import SharedPrefix
 
 # Shared-prefix tiling: about 64 query rows (sequences x query heads of one KV head) per tile,
@@ -109,18 +108,6 @@ class HostBatch:
         while n + 1 < len(cu) and cu[n + 1] - cu[n] == 1:
             n += 1
         return n
-
-    def trailing_prompts(self) -> tuple[int, int]:
-        """(first sequence, max query length) of the trailing run of sequences whose chunk is
-        their whole context so far; first == num_seqs when there are none."""
-        cu, first, longest = self.cu_query_lens, len(self.context_lens), 0
-        while first > 0:
-            query_len = cu[first] - cu[first - 1]
-            if query_len == 1 or self.context_lens[first - 1] != query_len:
-                break
-            first -= 1
-            longest = max(longest, query_len)
-        return first, longest
 
     def block_table(self) -> np.ndarray:
         """block_tables as one [num_seqs, longest] int32 array (built once)."""
@@ -265,20 +252,6 @@ class ModelRunner:
             context_lens=dev(host.context_lens, torch.int32),
             logits_indices=dev(host.logits_indices, torch.int64),
             num_decode_seqs=host.num_leading_decodes(),
-            prompts=self._prompt_rows(host, dev),
-        )
-
-    @staticmethod
-    def _prompt_rows(host: HostBatch, dev) -> PromptRows | None:
-        first, longest = host.trailing_prompts()
-        if first == len(host.context_lens):
-            return None
-        cu = host.cu_query_lens
-        return PromptRows(
-            first_row=cu[first],
-            num_rows=cu[-1] - cu[first],
-            cu_query_lens=dev([c - cu[first] for c in cu[first:]], torch.int32),
-            max_query_len=longest,
         )
 
     @torch.inference_mode()

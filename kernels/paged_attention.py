@@ -29,7 +29,6 @@ import triton.language as tl
 
 from kernels.kv_store import gather_kv_ref
 from kernels.kv_tile import attend_kv_tile
-from kernels.prompt_attention import PromptRows, prompt_attention, prompt_attention_ref
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -47,9 +46,6 @@ def paged_attention_ref(
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
     num_decode_seqs: int = 0,
-    prompts: PromptRows | None = None,
-    key: torch.Tensor | None = None,
-    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attend each sequence's queries to its cached keys/values.
 
@@ -59,9 +55,6 @@ def paged_attention_ref(
     cu_query_lens[-1] (padding) are returned as zeros. shared_prefix and num_decode_seqs (the
     first num_decode_seqs sequences have one query each) only say how the Triton version may
     split the work; the result is the same without them, so they are ignored here.
-    prompts (the trailing sequences whose queries are their whole context) with this step's
-    key, value [num_tokens, num_kv_heads, head_dim] attends those rows over the fresh keys and
-    values (kernels/prompt_attention.py): the same result, except over an INT8 cache.
     """
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
@@ -91,9 +84,6 @@ def paged_attention_ref(
             )  # [query_len, context_len]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         out[start:end] = o.squeeze(0).transpose(0, 1)
-    if prompts is not None and key is not None and value is not None:
-        rows = slice(prompts.first_row, prompts.first_row + prompts.num_rows)
-        out[rows] = prompt_attention_ref(query[rows], key[rows], value[rows], prompts, scale)
     return out
 
 
@@ -300,9 +290,6 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
     num_decode_seqs: int = 0,
-    prompts: PromptRows | None = None,
-    key: torch.Tensor | None = None,
-    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton version of paged_attention_ref (same contract; padding rows come back as zeros).
 
@@ -315,32 +302,9 @@ def paged_attention(
     attended once per tile of sequences first (kernels/shared_prefix.py) and each sequence
     then reads only its own keys, merging the two softmax pieces.
     """
-    num_tokens, num_seqs = query.shape[0], context_lens.shape[0]
-    if prompts is not None and key is not None and value is not None:
-        # Whole prompts attend over their own keys (FlashAttention on a GPU); the sequences
-        # before them go through the paged kernel.
-        assert shared_prefix is None, "a step with prompts has no shared-prefix plan"
-        out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
-        num_leading = num_seqs - prompts.num_prompts
-        if num_leading > 0:
-            first = prompts.first_row
-            out[:first] = paged_attention(
-                query[:first],
-                k_cache,
-                v_cache,
-                block_tables[:num_leading],
-                cu_query_lens[: num_leading + 1],
-                context_lens[:num_leading],
-                scale,
-                k_scale,
-                v_scale,
-                num_decode_seqs=min(num_decode_seqs, num_leading),
-            )
-        rows = slice(prompts.first_row, prompts.first_row + prompts.num_rows)
-        out[rows] = prompt_attention(query[rows], key[rows], value[rows], prompts, scale)
-        return out
     group_pad = triton.next_power_of_2(query.shape[1] // k_cache.shape[2])
     is_int8 = k_cache.dtype == torch.int8
+    num_tokens, num_seqs = query.shape[0], context_lens.shape[0]
     config = default_tile_config(num_tokens, num_seqs, group_pad, is_int8)
     decodes = num_decode_seqs
     if shared_prefix is None and 0 < decodes < num_seqs and config.block_q * group_pad > 16:
