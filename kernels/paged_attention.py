@@ -107,7 +107,12 @@ def _find_sequence(
     return low
 
 
-@triton.jit
+# Sizes that change from step to step are not specialised on (Triton would compile a variant for
+# each of value 1 / multiple of 16 / other): a mixed step's new variant cost the run a compile
+# in the middle of a wave. seq_offset lets a launch start at a later sequence of the step's
+# block table and lengths without slicing them (a slice's pointer may lose 16-byte alignment,
+# another variant).
+@triton.jit(do_not_specialize=["num_seqs", "seq_offset"])
 def _paged_attention_kernel(
     query_ptr,  # [num_tokens, num_heads, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]
@@ -122,6 +127,7 @@ def _paged_attention_kernel(
     prefix_out_ptr,  # [num_tokens, num_heads, HEAD_DIM] fp32 (HAS_PREFIX only)
     prefix_lse_ptr,  # [num_tokens, num_heads] fp32, base 2 (HAS_PREFIX only)
     num_seqs,
+    seq_offset,  # sequence s of this launch is row s + seq_offset of the tables and lengths
     qk_scale,  # softmax scale * log2(e): the softmax runs in base 2
     stride_query_token,
     stride_query_head,
@@ -163,7 +169,8 @@ def _paged_attention_kernel(
     local_q = (q_block - (q_start // BLOCK_Q + seq)) * BLOCK_Q  # first chunk row of this block
     if local_q >= query_len:  # a spare program: this sequence has fewer blocks
         return
-    context_len = tl.load(context_lens_ptr + seq).to(tl.int32)
+    table_seq = seq + seq_offset
+    context_len = tl.load(context_lens_ptr + table_seq).to(tl.int32)
 
     rows = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     dims = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
@@ -181,9 +188,9 @@ def _paged_attention_kernel(
     # With a shared prefix (kernels/shared_prefix.py) its keys were attended already.
     kv_begin = 0
     if HAS_PREFIX:
-        kv_begin = tl.load(prefix_lens_ptr + seq).to(tl.int32)
+        kv_begin = tl.load(prefix_lens_ptr + table_seq).to(tl.int32)
 
-    block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_block_tables_seq
+    block_table_ptr = block_tables_ptr + table_seq.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
     v_head_ptr = v_cache_ptr + kv_head * stride_v_cache_head
     max_score = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -311,23 +318,24 @@ def paged_attention(
         # A mixed step: its leading decodes would run in prefill tiles (BLOCK_M rows for one
         # query each, short key tiles); give them a launch with decode tiles of their own.
         out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
-        for rows, seqs, cu in (
-            (slice(0, decodes), slice(0, decodes), cu_query_lens[: decodes + 1]),
-            (slice(decodes, None), slice(decodes, None), cu_query_lens[decodes:] - decodes),
+        for rows, cu, first_seq in (
+            (slice(0, decodes), cu_query_lens[: decodes + 1], 0),
+            (slice(decodes, None), cu_query_lens[decodes:] - decodes, decodes),
         ):
-            part_tokens, part_seqs = query[rows].shape[0], context_lens[seqs].shape[0]
+            part_tokens, part_seqs = query[rows].shape[0], cu.shape[0] - 1
             launch_paged_attention(
                 query[rows],
                 k_cache,
                 v_cache,
-                block_tables[seqs],
+                block_tables,
                 cu,
-                context_lens[seqs],
+                context_lens,
                 scale,
                 k_scale,
                 v_scale,
                 default_tile_config(part_tokens, part_seqs, group_pad, is_int8),
                 out=out[rows],
+                seq_offset=first_seq,
             )
         return out
     return launch_paged_attention(
@@ -358,9 +366,11 @@ def launch_paged_attention(
     config: TileConfig,
     shared_prefix: SharedPrefix | None = None,
     out: torch.Tensor | None = None,
+    seq_offset: int = 0,
 ) -> torch.Tensor:
     """paged_attention with an explicit tile config (for tuning on a GPU); writes into out
-    (zeros, query's shape, dense rows) when given."""
+    (zeros, query's shape, dense rows) when given. The launch covers the len(cu_query_lens) - 1
+    sequences from row seq_offset of block_tables and context_lens."""
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
@@ -379,7 +389,9 @@ def launch_paged_attention(
     query = query if query.stride(-1) == 1 else query.contiguous()
     if out is None:
         out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
-    num_seqs = context_lens.shape[0]
+    num_seqs = cu_query_lens.shape[0] - 1
+    assert seq_offset + num_seqs <= context_lens.shape[0]
+    assert shared_prefix is None or seq_offset == 0
     if num_tokens == 0 or num_seqs == 0:
         return out
     # CPU tensors mean the Triton interpreter, whose 16-bit tl.dot is wrong: use fp32 there.
@@ -419,6 +431,7 @@ def launch_paged_attention(
         prefix_out,
         prefix_lse,
         num_seqs,
+        seq_offset,
         scale * math.log2(math.e),
         query.stride(0),
         query.stride(1),

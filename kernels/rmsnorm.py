@@ -36,7 +36,7 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])  # one compiled variant for every step size
 def _rms_norm_kernel(
     x_ptr,  # [num_tokens, num_heads, hidden_size]
     residual_ptr,  # [num_tokens, num_heads, hidden_size] (HAS_RESIDUAL only)
