@@ -24,10 +24,11 @@ from engine.factory import create_engine, random_model
 from engine.output_processor import OutputProcessor
 from engine.request import Request
 from engine.sampling_params import SamplingParams
+from engine.scheduler import SchedulerOutput
 
 
-def timed_step(engine, totals: dict[str, float]) -> None:
-    """engine.step() split into phases, each closed by a device sync."""
+def timed_step(engine, totals: dict[str, float]) -> SchedulerOutput:
+    """engine.step() split into phases, each closed by a device sync; returns its schedule."""
     sync = torch.cuda.synchronize
     t0 = time.perf_counter()
     out = engine.scheduler.schedule()
@@ -47,6 +48,7 @@ def timed_step(engine, totals: dict[str, float]) -> None:
         ("update", t4 - t3),
     ):
         totals[name] += dt
+    return out
 
 
 def main() -> None:
@@ -131,16 +133,13 @@ def profile_prefill(engine, cfg, steps: int = 3) -> None:
     torch.cuda.synchronize()
     flops = 0.0
     layer_params = cfg.param_counts()["layers"]
+    totals: dict[str, float] = defaultdict(float)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        t = time.perf_counter()
+        start = time.perf_counter()
         for _ in range(steps):
-            out = engine.scheduler.schedule()
+            out = timed_step(engine, totals)
             flops += 2 * layer_params * out.num_prefill_tokens
-            logits = engine.runner.execute(out)
-            sampled = engine.sampler(logits, [c.seq for c in out.chunks if c.sample])
-            engine.scheduler.update(out, [[t] for t in sampled.token_ids])
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t
+        wall = time.perf_counter() - start
     print(
         f"prefill steps: {wall / steps * 1000:.1f} ms each, layer matmuls "
         f"{flops / steps / 1e12:.1f} TFLOP each ({flops / wall / 1e12:.0f} TFLOP/s)"
