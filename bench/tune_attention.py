@@ -5,10 +5,13 @@ Scenarios (8B shape by default: 32 query / 8 KV heads, head_dim 128, block 16):
   decode   512 sequences, one query each, context --context (decode tiles: 16 query rows)
   prefill  fresh prompts of --prompt-len tokens (context = query), as many as fill 16k tokens
            (prefill tiles: 64 or 128 query rows)
-Each runs over a bf16 and an INT8 cache. Reports milliseconds, and the decode scenario's cache
-read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
+Each runs over a bf16 cache, an INT8 cache as the engine lays it out (values slot-major,
+kernels/kv_store.py) and an INT8 cache with row-major values. Reports milliseconds, and the
+decode scenario's cache read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
+WK's decode shape is --decode-seqs 188 --context 4352.
 
-    python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--prompt-len 512]
+    python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--decode-seqs 512]
+        [--prompt-len 512] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -20,12 +23,20 @@ import torch
 
 from bench.roofline import time_cuda
 from bench.shapes import SHAPES
-from kernels.kv_store import quantize_int8_ref
+from kernels.kv_store import quantize_int8_ref, slot_major_values, to_slot_major
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
 
 
-def make_step(seqs: list[tuple[int, int]], kv_heads: int, heads: int, head_dim: int, int8: bool):
-    """Query, cache, tables, cu_query_lens, context_lens and scales for (context, query) seqs."""
+def make_step(
+    seqs: list[tuple[int, int]],
+    kv_heads: int,
+    heads: int,
+    head_dim: int,
+    int8: bool,
+    slot_major: bool = True,
+):
+    """Query, cache, tables, cu_query_lens, context_lens and scales for (context, query) seqs;
+    INT8 values slot-major (as the engine allocates them) unless slot_major is False."""
     dev, block = torch.device("cuda"), 16
     per_seq = [-(-c // block) for c, _ in seqs]
     num_blocks = sum(per_seq)
@@ -43,6 +54,8 @@ def make_step(seqs: list[tuple[int, int]], kv_heads: int, heads: int, head_dim: 
     scales: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     if int8:
         (k, k_scale), (v, v_scale) = quantize_int8_ref(k), quantize_int8_ref(v)
+        if slot_major and slot_major_values(torch.int8, block):
+            v = to_slot_major(v)
         scales = (k_scale, v_scale)
     query = torch.randn(int(cu[-1]), heads, head_dim, device=dev, dtype=torch.bfloat16)
     ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=dev)
@@ -53,14 +66,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="llama-3.1-8b")
     ap.add_argument("--context", type=int, default=640)
+    ap.add_argument("--decode-seqs", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--no-sweep", action="store_true", help="time the default configs only")
     args = ap.parse_args()
     s = SHAPES[args.shape]
     heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
     group_pad = 1 << (heads // kv_heads - 1).bit_length()
     prompts = max(1, 16384 // args.prompt_len)
     scenarios = {
-        "decode": [(args.context, 1)] * 512,
+        "decode": [(args.context, 1)] * args.decode_seqs,
         "prefill": [(args.prompt_len, args.prompt_len)] * prompts,
     }
 
@@ -71,15 +86,24 @@ def main() -> None:
         ]
 
     grids = {"decode": grid([16]), "prefill": grid([64, 128])}
+    if args.no_sweep:
+        grids = {"decode": [], "prefill": []}
     print(f"{args.shape} ({torch.cuda.get_device_name()}): heads {heads}/{kv_heads}, d {head_dim}")
-    for (name, seqs), int8 in itertools.product(scenarios.items(), (False, True)):
-        sweep(name, seqs, int8, grids[name], heads, kv_heads, head_dim, group_pad)
+    caches = {"bf16": (False, True), "int8": (True, True), "int8 row-major values": (True, False)}
+    for (name, seqs), (cache, (int8, slot_major)) in itertools.product(
+        scenarios.items(), caches.items()
+    ):
+        sweep(
+            name, seqs, cache, int8, slot_major, grids[name], heads, kv_heads, head_dim, group_pad
+        )
 
 
 def sweep(
     name: str,
     seqs: list[tuple[int, int]],
+    cache: str,
     int8: bool,
+    slot_major: bool,
     configs: list[TileConfig],
     heads: int,
     kv_heads: int,
@@ -88,7 +112,7 @@ def sweep(
 ) -> None:
     """Time every config (and the default) on one scenario; print the default and the best 5."""
     query, k, v, table, cu, ctx, (k_scale, v_scale) = make_step(
-        seqs, kv_heads, heads, head_dim, int8
+        seqs, kv_heads, heads, head_dim, int8, slot_major
     )
     if name == "decode":
         amount = sum(c for c, _ in seqs) * kv_heads * head_dim * 2 * (1 if int8 else 2) / 1e6
@@ -109,12 +133,11 @@ def sweep(
                 10,
             )
         except Exception as exc:  # out of shared memory etc.: say so and go on
-            print(f"  {name} {'int8' if int8 else 'bf16'} {config}: {type(exc).__name__}")
+            print(f"  {name} {cache} {config}: {type(exc).__name__}")
             continue
         results.append((ms, config))
     results.sort(key=lambda r: r[0])
     default_ms = next(ms for ms, c in results if c == default)
-    cache = "int8" if int8 else "bf16"
     print(
         f"{name} / {cache} cache: default {default} {default_ms:.3f} ms "
         f"{amount / default_ms:8.1f} {unit}"

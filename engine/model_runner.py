@@ -18,6 +18,7 @@ from engine.models.llama import LlamaForCausalLM
 from engine.request import PENDING_TOKEN
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
+from kernels.kv_store import allocate_kv_cache
 from kernels.shared_prefix import SharedPrefix
 
 # Shared-prefix tiling: about 64 query rows (sequences x query heads of one KV head) per tile,
@@ -47,25 +48,23 @@ def allocate_kv_caches(
     dtype: torch.dtype,
     device: torch.device,
 ) -> list[LayerKVCache]:
+    int8 = cache.kv_cache_dtype is KVCacheDtype.INT8
+    cache_dtype = torch.int8 if int8 else dtype
     shape = (num_blocks, cache.block_size, model.num_key_value_heads, model.head_dim)
     layers = []
     for _ in range(model.num_hidden_layers):
-        if cache.kv_cache_dtype is KVCacheDtype.INT8:
+        k_cache, v_cache = allocate_kv_cache(*shape, cache_dtype, device)
+        if int8:
             layers.append(
                 LayerKVCache(
-                    k_cache=torch.zeros(shape, dtype=torch.int8, device=device),
-                    v_cache=torch.zeros(shape, dtype=torch.int8, device=device),
+                    k_cache=k_cache,
+                    v_cache=v_cache,
                     k_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
                     v_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
                 )
             )
         else:
-            layers.append(
-                LayerKVCache(
-                    k_cache=torch.zeros(shape, dtype=dtype, device=device),
-                    v_cache=torch.zeros(shape, dtype=dtype, device=device),
-                )
-            )
+            layers.append(LayerKVCache(k_cache=k_cache, v_cache=v_cache))
     return layers
 
 

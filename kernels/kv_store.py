@@ -5,6 +5,14 @@ Cache layout (one layer; slot = block_id * block_size + offset):
     k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]   model dtype or int8
     k_scale, v_scale: [num_blocks, block_size, num_kv_heads]             fp32, INT8 caches only
 
+Those are the index orders; in memory an INT8 value cache is slot-major ("slot-major" below:
+[num_blocks, num_kv_heads, head_dim, block_size], head_dim's stride is block_size), every other
+cache row-major (head_dim contiguous). Attention multiplies probabilities by values with the
+slots as the reduced dimension; Hopper's tensor cores take 8-bit operands only with that
+dimension contiguous (ldmatrix has no 8-bit transpose), so row-major INT8 values reached them
+through narrow shared-memory loads. `allocate_kv_cache` makes caches in this layout; the
+kernels take either through strides.
+
 INT8 is symmetric per token and per head: scale = max|x| / 127 (never below a tiny positive
 floor, so an all-zero row gets a positive scale and no NaN) and code = round(x / scale).
 """
@@ -22,6 +30,55 @@ def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = x_fp32.abs().amax(dim=-1).clamp_min(INT8_SCALE_FLOOR * 127.0) / 127.0
     codes = torch.round(x_fp32 / scale.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
     return codes, scale
+
+
+def slot_major_values(dtype: torch.dtype, block_size: int) -> bool:
+    """Whether allocate_kv_cache lays this value cache out slot-major: INT8, with blocks of a
+    power of two from 16 to 32 slots (a block's slots are then whole 16-byte vectors, and every
+    attention tile, 32 keys or more, starts at a block boundary)."""
+    return dtype == torch.int8 and block_size in (16, 32)
+
+
+def allocate_kv_cache(
+    num_blocks: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed (k_cache, v_cache) for one layer, both indexed [num_blocks, block_size,
+    num_kv_heads, head_dim]; the value cache slot-major where slot_major_values says so."""
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.zeros(shape, dtype=dtype, device=device)
+    if slot_major_values(dtype, block_size):
+        v_cache = torch.zeros(
+            (num_blocks, num_kv_heads, head_dim, block_size), dtype=dtype, device=device
+        ).permute(0, 3, 1, 2)
+    else:
+        v_cache = torch.zeros(shape, dtype=dtype, device=device)
+    return k_cache, v_cache
+
+
+def to_slot_major(cache: torch.Tensor) -> torch.Tensor:
+    """A slot-major copy of a [num_blocks, block_size, num_kv_heads, head_dim] cache, indexed
+    the same way."""
+    return cache.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def check_cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Assert the layouts the kernels read: keys row-major; values row-major, or slot-major
+    with blocks as slot_major_values allows."""
+    assert k_cache.shape == v_cache.shape, "key and value caches must have the same shape"
+    assert k_cache.stride(-1) == 1, "key cache rows must be dense"
+    if v_cache.stride(-1) != 1:
+        assert v_cache.stride(1) == 1 and slot_major_values(v_cache.dtype, v_cache.shape[1]), (
+            "value cache must be row-major or slot-major (kernels/kv_store.py)"
+        )
+
+
+def is_slot_major(v_cache: torch.Tensor) -> bool:
+    return v_cache.stride(-1) != 1
 
 
 def gather_kv_ref(
@@ -102,6 +159,7 @@ def _store_rows(
     stride_cache_block,
     stride_cache_slot,
     stride_cache_head,
+    stride_cache_dim,
     stride_scale_block,
     stride_scale_slot,
     stride_scale_head,
@@ -116,7 +174,9 @@ def _store_rows(
     mask = head_mask[:, None] & (dims < head_dim)[None, :]
     x_offsets = token * stride_x_token + heads[:, None] * stride_x_head + dims[None, :]
     slot_base = block_id * stride_cache_block + offset * stride_cache_slot
-    cache_offsets = slot_base + heads[:, None] * stride_cache_head + dims[None, :]
+    cache_offsets = (
+        slot_base + heads[:, None] * stride_cache_head + dims[None, :] * stride_cache_dim
+    )
     x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
     if QUANTIZE:
         x = x.to(tl.float32)
@@ -152,9 +212,11 @@ def _store_kv_kernel(
     stride_k_cache_block,
     stride_k_cache_slot,
     stride_k_cache_head,
+    stride_k_cache_dim,
     stride_v_cache_block,
     stride_v_cache_slot,
     stride_v_cache_head,
+    stride_v_cache_dim,
     stride_k_scale_block,
     stride_k_scale_slot,
     stride_k_scale_head,
@@ -186,6 +248,7 @@ def _store_kv_kernel(
         stride_k_cache_block,
         stride_k_cache_slot,
         stride_k_cache_head,
+        stride_k_cache_dim,
         stride_k_scale_block,
         stride_k_scale_slot,
         stride_k_scale_head,
@@ -208,6 +271,7 @@ def _store_kv_kernel(
         stride_v_cache_block,
         stride_v_cache_slot,
         stride_v_cache_head,
+        stride_v_cache_dim,
         stride_v_scale_block,
         stride_v_scale_slot,
         stride_v_scale_head,
@@ -231,8 +295,8 @@ def store_kv(
     INT8 cache, quantizing on write). One program per token writes all of its KV heads."""
     num_tokens, num_kv_heads, head_dim = key.shape
     assert value.shape == key.shape, "key and value must have the same shape"
-    assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == (num_kv_heads, head_dim)
-    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache rows must be dense"
+    assert k_cache.shape[2:] == (num_kv_heads, head_dim)
+    check_cache_layout(k_cache, v_cache)
     quantize = k_cache.dtype == torch.int8
     if quantize:
         assert v_cache.dtype == torch.int8, "both caches must be INT8"
@@ -264,9 +328,11 @@ def store_kv(
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        k_cache.stride(3),
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        v_cache.stride(3),
         k_scale.stride(0),
         k_scale.stride(1),
         k_scale.stride(2),

@@ -16,7 +16,8 @@ def attend_kv_tile(
     max_score,  # [BLOCK_M] fp32
     denominator,  # [BLOCK_M] fp32
     keys,  # [BLOCK_N] positions in the sequence
-    key_mask,  # [BLOCK_N] positions that exist
+    key_mask,  # [BLOCK_N] positions that exist: keys < kv_end
+    kv_end,
     visible,  # [BLOCK_M, BLOCK_N] (or broadcastable): what each row may attend to
     block_table_ptr,  # the sequence's row of the block table
     k_head_ptr,  # k_cache_ptr offset to this KV head
@@ -28,8 +29,10 @@ def attend_kv_tile(
     qk_scale,
     stride_k_cache_block,
     stride_k_cache_slot,
+    stride_k_cache_dim,
     stride_v_cache_block,
     stride_v_cache_slot,
+    stride_v_cache_dim,
     stride_k_scale_block,
     stride_k_scale_slot,
     stride_k_scale_head,
@@ -37,15 +40,26 @@ def attend_kv_tile(
     stride_v_scale_slot,
     stride_v_scale_head,
     BLOCK_SIZE: tl.constexpr,
+    V_SLOT_MAJOR: tl.constexpr,
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=key_mask, other=0)
+    if V_SLOT_MAJOR:
+        # Values are read by whole blocks (see below): every key of a block the sequence holds
+        # needs the block's id.
+        block_held = (keys // BLOCK_SIZE) * BLOCK_SIZE < kv_end
+    else:
+        block_held = key_mask
+    block_ids = tl.load(block_table_ptr + keys // BLOCK_SIZE, mask=block_held, other=0)
     block_ids = block_ids.to(tl.int64)
     slots_in_block = keys % BLOCK_SIZE
     k_rows = block_ids * stride_k_cache_block + slots_in_block * stride_k_cache_slot
-    k = tl.load(k_head_ptr + k_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+    k = tl.load(
+        k_head_ptr + k_rows[:, None] + dims[None, :] * stride_k_cache_dim,
+        mask=key_mask[:, None],
+        other=0,
+    )
     # [BLOCK_M, BLOCK_N] fp32 logits in base 2. q and k (INT8 codes too) are exact in
     # DOT_DTYPE, so the softmax scale is applied after the dot rather than folded into q.
     scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
@@ -70,7 +84,19 @@ def attend_kv_tile(
     denominator = denominator * correction + tl.sum(probs, axis=1)
 
     v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
-    v = tl.load(v_head_ptr + v_rows[:, None] + dims[None, :], mask=key_mask[:, None], other=0)
+    if V_SLOT_MAJOR:
+        # A value cache whose slots are contiguous (kernels/kv_store.py): tiles start at whole
+        # blocks, so a block's slots are BLOCK_SIZE consecutive bytes (the compiler cannot see
+        # through the block table load), and whole held blocks are read, slots past kv_end too
+        # (their weights are 0 and codes are finite), so the mask is constant over each run and
+        # the loads are vectors that reach the tensor cores through ldmatrix.
+        RUN: tl.constexpr = min(BLOCK_SIZE, keys.shape[0])
+        v_rows = tl.max_contiguous(tl.multiple_of(v_rows, RUN), RUN)
+        v_mask = block_held
+    else:
+        v_mask = key_mask
+    v_offsets = v_rows[:, None] + dims[None, :] * stride_v_cache_dim
+    v = tl.load(v_head_ptr + v_offsets, mask=v_mask[:, None], other=0)
     if IS_INT8:
         v_scale_offsets = (
             block_ids * stride_v_scale_block

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.kv_store import gather_kv_ref
+from kernels.kv_store import check_cache_layout, gather_kv_ref, is_slot_major
 from kernels.kv_tile import attend_kv_tile
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
@@ -134,9 +134,11 @@ def _paged_attention_kernel(
     stride_k_cache_block,
     stride_k_cache_slot,
     stride_k_cache_head,
+    stride_k_cache_dim,
     stride_v_cache_block,
     stride_v_cache_slot,
     stride_v_cache_head,
+    stride_v_cache_dim,
     stride_k_scale_block,
     stride_k_scale_slot,
     stride_k_scale_head,
@@ -154,6 +156,7 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    V_SLOT_MAJOR: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -189,6 +192,7 @@ def _paged_attention_kernel(
     kv_begin = 0
     if HAS_PREFIX:
         kv_begin = tl.load(prefix_lens_ptr + table_seq).to(tl.int32)
+        kv_begin = tl.multiple_of(kv_begin, BLOCK_SIZE)  # prefixes are whole blocks
 
     block_table_ptr = block_tables_ptr + table_seq.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
@@ -207,6 +211,7 @@ def _paged_attention_kernel(
             denominator,
             keys,
             key_mask,
+            kv_end,
             visible,
             block_table_ptr,
             k_head_ptr,
@@ -218,8 +223,10 @@ def _paged_attention_kernel(
             qk_scale,
             stride_k_cache_block,
             stride_k_cache_slot,
+            stride_k_cache_dim,
             stride_v_cache_block,
             stride_v_cache_slot,
+            stride_v_cache_dim,
             stride_k_scale_block,
             stride_k_scale_slot,
             stride_k_scale_head,
@@ -227,6 +234,7 @@ def _paged_attention_kernel(
             stride_v_scale_slot,
             stride_v_scale_head,
             BLOCK_SIZE,
+            V_SLOT_MAJOR,
             IS_INT8,
             DOT_DTYPE,
             DOT_PRECISION,
@@ -375,8 +383,8 @@ def launch_paged_attention(
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
     assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
-    assert v_cache.shape == k_cache.shape and k_cache.shape[3] == head_dim
-    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache rows must be dense"
+    assert k_cache.shape[3] == head_dim
+    check_cache_layout(k_cache, v_cache)
     group_size = num_heads // num_kv_heads
     group_pad = triton.next_power_of_2(group_size)
     assert config.block_q * group_pad >= 16, "tl.dot needs at least 16 rows"
@@ -438,9 +446,11 @@ def launch_paged_attention(
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        k_cache.stride(3),
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        v_cache.stride(3),
         k_scale.stride(0),
         k_scale.stride(1),
         k_scale.stride(2),
@@ -458,6 +468,7 @@ def launch_paged_attention(
         BLOCK_Q=config.block_q,
         BLOCK_N=config.block_n,
         BLOCK_SIZE=block_size,
+        V_SLOT_MAJOR=is_slot_major(v_cache),
         HEAD_DIM=head_dim,
         IS_INT8=is_int8,
         DOT_DTYPE=dot_dtype,

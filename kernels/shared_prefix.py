@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.kv_store import gather_kv_ref
+from kernels.kv_store import check_cache_layout, gather_kv_ref, is_slot_major
 from kernels.kv_tile import attend_kv_tile
 
 
@@ -94,9 +94,11 @@ def _shared_prefix_kernel(
     stride_k_cache_block,
     stride_k_cache_slot,
     stride_k_cache_head,
+    stride_k_cache_dim,
     stride_v_cache_block,
     stride_v_cache_slot,
     stride_v_cache_head,
+    stride_v_cache_dim,
     stride_k_scale_block,
     stride_k_scale_slot,
     stride_k_scale_head,
@@ -112,6 +114,7 @@ def _shared_prefix_kernel(
     SEQS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    V_SLOT_MAJOR: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     IS_INT8: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -153,6 +156,7 @@ def _shared_prefix_kernel(
             denominator,
             keys,
             key_mask,
+            prefix_len,
             key_mask[None, :],
             block_table_ptr,
             k_head_ptr,
@@ -164,8 +168,10 @@ def _shared_prefix_kernel(
             qk_scale,
             stride_k_cache_block,
             stride_k_cache_slot,
+            stride_k_cache_dim,
             stride_v_cache_block,
             stride_v_cache_slot,
+            stride_v_cache_dim,
             stride_k_scale_block,
             stride_k_scale_slot,
             stride_k_scale_head,
@@ -173,6 +179,7 @@ def _shared_prefix_kernel(
             stride_v_scale_slot,
             stride_v_scale_head,
             BLOCK_SIZE,
+            V_SLOT_MAJOR,
             IS_INT8,
             DOT_DTYPE,
             DOT_PRECISION,
@@ -206,6 +213,7 @@ def shared_prefix_attention(
     group_size = num_heads // num_kv_heads
     group_pad = triton.next_power_of_2(group_size)
     assert prefix.seqs_per_tile * group_pad >= 16, "tl.dot needs at least 16 rows"
+    check_cache_layout(k_cache, v_cache)
     is_int8 = k_cache.dtype == torch.int8
     if not is_int8:
         k_scale = v_scale = k_cache  # unused; any tensor gives the kernel pointers and strides
@@ -233,9 +241,11 @@ def shared_prefix_attention(
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        k_cache.stride(3),
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        v_cache.stride(3),
         k_scale.stride(0),
         k_scale.stride(1),
         k_scale.stride(2),
@@ -251,6 +261,7 @@ def shared_prefix_attention(
         SEQS_PER_TILE=prefix.seqs_per_tile,
         BLOCK_N=block_n,
         BLOCK_SIZE=block_size,
+        V_SLOT_MAJOR=is_slot_major(v_cache),
         HEAD_DIM=head_dim,
         IS_INT8=is_int8,
         DOT_DTYPE=dot_dtype,

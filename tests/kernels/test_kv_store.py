@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.kv_store import store_kv, store_kv_ref
+from kernels.kv_store import slot_major_values, store_kv, store_kv_ref, to_slot_major
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -40,13 +40,17 @@ def _caches(
     device: str,
 ) -> list[torch.Tensor]:
     """k_cache, v_cache (and for INT8 k_scale, v_scale) filled with seeded junk, so a slot the
-    kernel must skip is seen to keep its old contents."""
+    kernel must skip is seen to keep its old contents; INT8 values slot-major where the engine
+    lays them out so."""
     generator = torch.Generator().manual_seed(1)
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
     if dtype == torch.int8:
         caches = [torch.randint(-127, 128, shape, generator=generator, dtype=torch.int8)] * 2
         scales = [torch.rand(shape[:3], generator=generator)] * 2
-        return [t.clone().to(device) for t in caches + scales]
+        caches = [t.clone().to(device) for t in caches + scales]
+        if slot_major_values(torch.int8, block_size):
+            caches[1] = to_slot_major(caches[1])
+        return caches
     return [
         torch.randn(shape, generator=generator).to(dtype=dtype, device=device) for _ in range(2)
     ]
@@ -109,6 +113,18 @@ def _check_int8(
 def test_store_kv_quantizes_to_int8_like_reference(dtype: torch.dtype) -> None:
     key, value, slots = _case(7, 2, 16, num_blocks=3, block_size=4, dtype=dtype, device=DEVICE)
     _check_int8(3 * key, value, slots, num_blocks=3, block_size=4)
+
+
+def test_store_kv_quantizes_into_slot_major_values_like_reference() -> None:
+    key, value, slots = _case(
+        40, 2, 16, num_blocks=4, block_size=16, dtype=torch.float32, device=DEVICE
+    )
+    k_cache, v_cache, _, _ = _check_int8(key, value, slots, num_blocks=4, block_size=16)
+    assert v_cache.stride(1) == 1 and k_cache.stride(-1) == 1
+    written = slots[slots >= 0]
+    codes = torch.round(value[slots >= 0] / (value[slots >= 0].abs().amax(-1, keepdim=True) / 127))
+    got = v_cache[written // 16, written % 16].float()
+    assert (got - codes).abs().max().item() <= 1
 
 
 def test_store_kv_gives_zero_rows_a_positive_scale_and_zero_codes() -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.kv_store import quantize_int8_ref
+from kernels.kv_store import quantize_int8_ref, slot_major_values, to_slot_major
 from kernels.paged_attention import paged_attention, paged_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,10 +75,13 @@ def make_batch(
     )
 
 
-def quantized(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-    """The same batch over an INT8 copy of its cache, with the per-token-per-head scales."""
+def quantized(batch: Batch, slot_major: bool = True) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """The same batch over an INT8 copy of its cache, with the per-token-per-head scales; the
+    value codes slot-major where the engine would lay them out so (kernels/kv_store.py)."""
     k_codes, k_scale = quantize_int8_ref(batch.k_cache)
     v_codes, v_scale = quantize_int8_ref(batch.v_cache)
+    if slot_major and slot_major_values(torch.int8, v_codes.shape[1]):
+        v_codes = to_slot_major(v_codes)
     int8_batch = Batch(**{**batch.__dict__, "k_cache": k_codes, "v_cache": v_codes})
     return int8_batch, k_scale, v_scale
 
@@ -187,6 +190,32 @@ def test_paged_attention_over_int8_cache_matches_reference_on_the_same_int8_cach
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=dtype, num_padding_rows=1)
     int8_batch, k_scale, v_scale = quantized(batch)
     assert_matches_reference(int8_batch, k_scale, v_scale)
+
+
+# Blocks of 16 slots, the engine's default: INT8 values are then slot-major. Contexts end
+# before, at and after block boundaries, and chunks follow prefixes that end mid-block, so
+# tiles read whole blocks whose last slots are past the end (random codes, weight 0).
+SLOT_MAJOR_SEQS = [(1, 1), (15, 1), (16, 1), (17, 1), (MANY, 1), (40, 7), (16 * 3 + 5, 21)]
+
+
+@pytest.mark.parametrize("num_decode_seqs", [0, 5], ids=["one_launch", "split"])
+def test_paged_attention_over_slot_major_int8_values_matches_reference(
+    num_decode_seqs: int,
+) -> None:
+    batch = make_batch(
+        SLOT_MAJOR_SEQS,
+        num_kv_heads=2,
+        group=4,
+        dtype=torch.float32,
+        block_size=16,
+        num_padding_rows=2,
+    )
+    int8_batch, k_scale, v_scale = quantized(batch)
+    assert int8_batch.v_cache.stride(1) == 1, "values must be slot-major at 16-slot blocks"
+    out = assert_matches_reference(int8_batch, k_scale, v_scale, num_decode_seqs=num_decode_seqs)
+    row_major, _, _ = quantized(batch, slot_major=False)
+    same_codes = paged_attention(*row_major.args(), k_scale, v_scale)
+    torch.testing.assert_close(out, same_codes, atol=1e-6, rtol=1e-6)
 
 
 def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:

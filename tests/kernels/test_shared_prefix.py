@@ -8,7 +8,7 @@ import torch
 import triton.language as tl
 
 from engine.shared_prefix import max_plan_tiles, plan_shared_prefix
-from kernels.kv_store import quantize_int8_ref
+from kernels.kv_store import quantize_int8_ref, to_slot_major
 from kernels.paged_attention import paged_attention, paged_attention_ref
 from kernels.shared_prefix import (
     SharedPrefix,
@@ -132,6 +132,35 @@ def test_paged_attention_with_shared_prefix_matches_plain_attention(dtype, int8)
     assert torch.equal(out[-3:], torch.zeros_like(out[-3:]))  # padding sequences
 
 
+def test_shared_prefix_over_slot_major_int8_values_matches_plain_attention() -> None:
+    # 16-slot blocks (INT8 values slot-major, kernels/kv_store.py); contexts end before, at and
+    # after block boundaries.
+    groups = [(2, [33, 40, 48, 49, 70]), (1, [17, 31]), (0, [5])]
+    query, k_cache, v_cache, table, contexts = make_decode_batch(
+        groups, num_kv_heads=2, group=4, head_dim=16, block_size=16, dtype=torch.float32
+    )
+    k_cache, k_scale = quantize_int8_ref(k_cache)
+    v_cache, v_scale = quantize_int8_ref(v_cache)
+    v_cache = to_slot_major(v_cache)
+    plan = plan_shared_prefix(table, contexts, 16, 4, max_groups=4)
+    assert plan is not None and plan.prefix_lens.tolist()[:7] == [32] * 5 + [16] * 2
+    prefix = to_device(plan, 4, max_plan_tiles(len(contexts), 4, 4), DEVICE)
+    n = len(contexts)
+    args = (
+        query,
+        k_cache,
+        v_cache,
+        torch.from_numpy(table).to(DEVICE),
+        torch.arange(n + 1, dtype=torch.int32, device=DEVICE),
+        torch.from_numpy(contexts).to(DEVICE),
+        0.25,
+        k_scale,
+        v_scale,
+    )
+    out = paged_attention(*args, shared_prefix=prefix)
+    torch.testing.assert_close(out, paged_attention_ref(*args), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["plain_cache", "int8_cache"])
 def test_shared_prefix_pass_matches_reference(int8) -> None:
     args, prefix, _ = _run(torch.float32, int8, seqs_per_tile=8)
@@ -166,9 +195,10 @@ def test_shared_prefix_attention_matches_plain_at_real_sizes_in_bf16(int8) -> No
         device="cuda",
     )
     scales: tuple[torch.Tensor, ...] = ()
-    if int8:
+    if int8:  # values slot-major, as the engine lays out INT8 at 16-slot blocks
         k_cache, k_scale = quantize_int8_ref(k_cache)
         v_cache, v_scale = quantize_int8_ref(v_cache)
+        v_cache = to_slot_major(v_cache)
         scales = (k_scale, v_scale)
     plan = plan_shared_prefix(table, contexts, 16, 16, max_groups=32)
     assert plan is not None and plan.num_tiles == 8
