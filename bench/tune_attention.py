@@ -12,6 +12,7 @@ WK's decode shape is --decode-seqs 188 --context 4352.
 
     python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--decode-seqs 512]
         [--prompt-len 512] [--no-sweep]
+        [--scenario decode|prefill] [--cache bf16|int8|int8-row-major]
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--decode-seqs", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--no-sweep", action="store_true", help="time the default configs only")
+    ap.add_argument("--scenario", choices=["decode", "prefill"], default=None, help="only this")
+    ap.add_argument("--cache", default=None, help="only this cache (bf16, int8, int8-row-major)")
     args = ap.parse_args()
     s = SHAPES[args.shape]
     heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
@@ -89,7 +92,11 @@ def main() -> None:
     if args.no_sweep:
         grids = {"decode": [], "prefill": []}
     print(f"{args.shape} ({torch.cuda.get_device_name()}): heads {heads}/{kv_heads}, d {head_dim}")
-    caches = {"bf16": (False, True), "int8": (True, True), "int8 row-major values": (True, False)}
+    caches = {"bf16": (False, True), "int8": (True, True), "int8-row-major": (True, False)}
+    if args.scenario:
+        scenarios = {args.scenario: scenarios[args.scenario]}
+    if args.cache:
+        caches = {args.cache: caches[args.cache]}
     for (name, seqs), (cache, (int8, slot_major)) in itertools.product(
         scenarios.items(), caches.items()
     ):
