@@ -32,13 +32,6 @@ def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
-def int8_round_trip_ref(x: torch.Tensor) -> torch.Tensor:
-    """x after INT8 quantization of its last dim (quantize_int8_ref), dequantized, in x's
-    dtype: the queries attention over an INT8 cache computes with."""
-    codes, scale = quantize_int8_ref(x)
-    return (codes.float() * scale.unsqueeze(-1)).to(x.dtype)
-
-
 def slot_major_values(dtype: torch.dtype, block_size: int) -> bool:
     """Whether allocate_kv_cache lays this value cache out slot-major: INT8, with blocks of a
     power of two from 16 to 32 slots (a block's slots are then whole 16-byte vectors, and every
@@ -143,7 +136,7 @@ def store_kv_ref(
 
 
 @triton.jit
-def round_half_to_even(x):
+def _round_half_to_even(x):
     """torch.round for |x| < 2**22 (the interpreter has no libdevice rint; a float->int cast
     would truncate toward zero)."""
     rounded = tl.floor(x + 0.5)
@@ -189,7 +182,7 @@ def _store_rows(
         x = x.to(tl.float32)
         # Symmetric per token and head: scale = max|x| / 127, floored so zero rows stay finite.
         scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), SCALE_FLOOR * 127.0), 127.0)
-        codes = round_half_to_even(tl.math.div_rn(x, scale[:, None]))
+        codes = _round_half_to_even(tl.math.div_rn(x, scale[:, None]))
         codes = tl.minimum(tl.maximum(codes, -127.0), 127.0)
         tl.store(cache_ptr + cache_offsets, codes.to(tl.int8), mask=mask)
         scale_offsets = (

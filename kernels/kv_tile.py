@@ -1,38 +1,17 @@
 """One step of flash-style attention over the paged KV cache, shared by the paged attention and
-shared-prefix kernels: load the keys at positions `keys` through a block table, score them
-against the query tile, and fold them into the running online softmax (max_score,
-denominator) and accumulator. Scores are in base 2 (qk_scale includes log2(e)); `visible`
-masks what each query row may see.
-
-Over an INT8 cache the query rows are quantized too (`quantize_query_rows`, per token and
-head, as the cache quantizes keys), so Q K^T is an int8 x int8 -> int32 product on the tensor
-cores and the key codes need no conversion; query and key scales multiply the scores. P V
-takes the value codes as they are (exact in 16 bits) with the value scales on the
-probabilities."""
+shared-prefix kernels: load the keys at positions `keys` through a block table (an INT8 cache's
+codes go into the dots as they are; key scales multiply the scores and value scales the
+probabilities), score them against the query tile, and fold them into the running
+online softmax (max_score, denominator) and accumulator. Scores are in base 2 (qk_scale
+includes log2(e)); `visible` masks what each query row may see."""
 
 import triton
 import triton.language as tl
 
-from kernels.kv_store import INT8_SCALE_FLOOR, round_half_to_even
-
-_SCALE_FLOOR = tl.constexpr(INT8_SCALE_FLOOR)
-
-
-@triton.jit
-def quantize_query_rows(q):
-    """Symmetric INT8 codes of each row of q [BLOCK_M, HEAD_DIM] and their fp32 scales
-    [BLOCK_M]: the rule of kernels/kv_store.py's quantize_int8_ref."""
-    q = q.to(tl.float32)
-    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(q), axis=1), _SCALE_FLOOR * 127.0), 127.0)
-    codes = round_half_to_even(tl.math.div_rn(q, scale[:, None]))
-    codes = tl.minimum(tl.maximum(codes, -127.0), 127.0)
-    return codes.to(tl.int8), scale
-
 
 @triton.jit
 def attend_kv_tile(
-    q,  # [BLOCK_M, HEAD_DIM] in DOT_DTYPE; int8 codes over an INT8 cache (IS_INT8)
-    q_scale,  # [BLOCK_M] fp32 scales of the codes (IS_INT8 only)
+    q,  # [BLOCK_M, HEAD_DIM] in DOT_DTYPE
     acc,  # [BLOCK_M, HEAD_DIM] fp32
     max_score,  # [BLOCK_M] fp32
     denominator,  # [BLOCK_M] fp32
@@ -81,19 +60,18 @@ def attend_kv_tile(
         mask=key_mask[:, None],
         other=0,
     )
-    # [BLOCK_M, BLOCK_N] fp32 logits in base 2; the softmax scale is applied after the dot
-    # rather than folded into q.
+    # [BLOCK_M, BLOCK_N] fp32 logits in base 2. q and k (INT8 codes too) are exact in
+    # DOT_DTYPE, so the softmax scale is applied after the dot rather than folded into q.
+    scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
     if IS_INT8:
-        scores = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)  # exact
         k_scale_offsets = (
             block_ids * stride_k_scale_block
             + slots_in_block * stride_k_scale_slot
             + kv_head * stride_k_scale_head
         )
         k_scale = tl.load(k_scale_ptr + k_scale_offsets, mask=key_mask, other=0.0)
-        scores = scores * (q_scale * qk_scale)[:, None] * k_scale[None, :]
+        scores = scores * (k_scale * qk_scale)[None, :]
     else:
-        scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
         scores = scores * qk_scale
     scores = tl.where(visible, scores, float("-inf"))
 

@@ -27,13 +27,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.kv_store import (
-    check_cache_layout,
-    gather_kv_ref,
-    int8_round_trip_ref,
-    is_slot_major,
-)
-from kernels.kv_tile import attend_kv_tile, quantize_query_rows
+from kernels.kv_store import check_cache_layout, gather_kv_ref, is_slot_major
+from kernels.kv_tile import attend_kv_tile
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -60,10 +55,7 @@ def paged_attention_ref(
     cu_query_lens[-1] (padding) are returned as zeros. shared_prefix and num_decode_seqs (the
     first num_decode_seqs sequences have one query each) only say how the Triton version may
     split the work; the result is the same without them, so they are ignored here.
-    Over an INT8 cache the queries are quantized per token and head too (kernels/kv_tile.py).
     """
-    if k_scale is not None:
-        query = int8_round_trip_ref(query)
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -192,10 +184,7 @@ def _paged_attention_kernel(
     head = kv_head * GROUP_SIZE + head_in_group
     q_offsets = (token * stride_query_token + head * stride_query_head)[:, None] + dims[None, :]
     q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0)
-    if IS_INT8:
-        q, q_scale = quantize_query_rows(q)  # int8 codes [BLOCK_M, HEAD_DIM], scales [BLOCK_M]
-    else:
-        q, q_scale = q.to(DOT_DTYPE), 1.0  # [BLOCK_M, HEAD_DIM]
+    q = q.to(DOT_DTYPE)  # [BLOCK_M, HEAD_DIM]
     q_position = context_len - query_len + token_in_chunk  # [BLOCK_M]
     # Causal: no row of this block sees past the position of its last token.
     kv_end = tl.minimum(context_len, context_len - query_len + local_q + BLOCK_Q)
@@ -217,7 +206,6 @@ def _paged_attention_kernel(
         visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
         acc, max_score, denominator = attend_kv_tile(
             q,
-            q_scale,
             acc,
             max_score,
             denominator,

@@ -25,13 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.kv_store import (
-    check_cache_layout,
-    gather_kv_ref,
-    int8_round_trip_ref,
-    is_slot_major,
-)
-from kernels.kv_tile import attend_kv_tile, quantize_query_rows
+from kernels.kv_store import check_cache_layout, gather_kv_ref, is_slot_major
+from kernels.kv_tile import attend_kv_tile
 
 
 @dataclass
@@ -64,8 +59,6 @@ def shared_prefix_attention_ref(
     """
     num_seqs, num_heads, head_dim = query.shape
     group = num_heads // k_cache.shape[2]
-    if k_scale is not None:  # queries quantized too over an INT8 cache (kernels/kv_tile.py)
-        query = int8_round_trip_ref(query)
     out = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
     lse = torch.full((num_seqs, num_heads), float("-inf"), device=query.device)
     for s, n in enumerate(prefix.prefix_lens.tolist()):
@@ -145,11 +138,7 @@ def _shared_prefix_kernel(
     seq = tl.load(seq_order_ptr + first + member, mask=member < count, other=0).to(tl.int64)
     head = kv_head * GROUP_SIZE + head_in_group
     q_offsets = (seq * stride_query_token + head * stride_query_head)[:, None] + dims[None, :]
-    q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0)
-    if IS_INT8:
-        q, q_scale = quantize_query_rows(q)
-    else:
-        q, q_scale = q.to(DOT_DTYPE), 1.0
+    q = tl.load(query_ptr + q_offsets, mask=row_mask[:, None], other=0.0).to(DOT_DTYPE)
 
     block_table_ptr = block_tables_ptr + leader.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
@@ -162,7 +151,6 @@ def _shared_prefix_kernel(
         key_mask = keys < prefix_len  # every prefix key precedes every query: no causal mask
         acc, max_score, denominator = attend_kv_tile(
             q,
-            q_scale,
             acc,
             max_score,
             denominator,
