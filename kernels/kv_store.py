@@ -78,6 +78,7 @@ def check_cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
 
 
 def is_slot_major(v_cache: torch.Tensor) -> bool:
+    """Whether a value cache that passed check_cache_layout is slot-major."""
     return v_cache.stride(-1) != 1
 
 

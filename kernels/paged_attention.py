@@ -192,7 +192,8 @@ def _paged_attention_kernel(
     kv_begin = 0
     if HAS_PREFIX:
         kv_begin = tl.load(prefix_lens_ptr + table_seq).to(tl.int32)
-        kv_begin = tl.multiple_of(kv_begin, BLOCK_SIZE)  # prefixes are whole blocks
+        if V_SLOT_MAJOR:  # prefixes are whole blocks: value tiles start at block boundaries
+            kv_begin = tl.multiple_of(kv_begin, BLOCK_SIZE)
 
     block_table_ptr = block_tables_ptr + table_seq.to(tl.int64) * stride_block_tables_seq
     k_head_ptr = k_cache_ptr + kv_head * stride_k_cache_head
