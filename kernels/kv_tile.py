@@ -86,10 +86,11 @@ def attend_kv_tile(
     v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
     if V_SLOT_MAJOR:
         # A value cache whose slots are contiguous (kernels/kv_store.py): tiles start at whole
-        # blocks, so a block's slots are BLOCK_SIZE consecutive bytes (the compiler cannot see
-        # through the block table load), and whole held blocks are read, slots past kv_end too
-        # (their weights are 0 and codes are finite), so the mask is constant over each run and
-        # the loads are vectors that reach the tensor cores through ldmatrix.
+        # blocks, so a block's slots are BLOCK_SIZE consecutive bytes (said explicitly; Triton
+        # 3.9 infers it from the block ids' constancy, older versions may not), and whole held
+        # blocks are read, slots past kv_end too (their weights are 0 and codes are finite), so
+        # the mask is constant over each run and the loads are 16-byte vectors that reach the
+        # tensor cores through ldmatrix (tests/bench/test_kernel_ptx.py checks the PTX).
         RUN: tl.constexpr = min(BLOCK_SIZE, keys.shape[0])
         v_rows = tl.max_contiguous(tl.multiple_of(v_rows, RUN), RUN)
         v_mask = block_held
