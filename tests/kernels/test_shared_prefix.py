@@ -83,6 +83,24 @@ def to_device(plan, seqs_per_tile: int, num_tiles: int, device: str) -> SharedPr
     )
 
 
+def attention_args(
+    query, k_cache, v_cache, table: np.ndarray, contexts: np.ndarray, scale: float, *scales
+) -> tuple:
+    """paged_attention's positional arguments for a decode step (one query per sequence) on
+    query's device."""
+    device = query.device
+    return (
+        query,
+        k_cache,
+        v_cache,
+        torch.from_numpy(table).to(device),
+        torch.arange(len(contexts) + 1, dtype=torch.int32, device=device),
+        torch.from_numpy(contexts).to(device),
+        scale,
+        *scales,
+    )
+
+
 GROUPS = [
     (3, [13, 14, 16, 17, 29]),  # 3 shared blocks of 4; one member ends right at a block end
     (2, [9, 11, 12]),
@@ -110,11 +128,7 @@ def _run(dtype, int8: bool, *, seqs_per_tile: int, num_padding_seqs: int = 0):
     assert plan is not None
     num_tiles = max_plan_tiles(len(contexts), seqs_per_tile, 4) + 2  # spare tiles stay unused
     prefix = to_device(plan, seqs_per_tile, num_tiles, DEVICE)
-    num_seqs = len(contexts)
-    block_tables = torch.from_numpy(table).to(DEVICE)
-    cu = torch.arange(num_seqs + 1, dtype=torch.int32, device=DEVICE)
-    context_lens = torch.from_numpy(contexts).to(DEVICE)
-    args = (query, k_cache, v_cache, block_tables, cu, context_lens, 0.25, *scales)
+    args = attention_args(query, k_cache, v_cache, table, contexts, 0.25, *scales)
     return args, prefix, plan
 
 
@@ -145,18 +159,7 @@ def test_shared_prefix_over_slot_major_int8_values_matches_plain_attention() -> 
     plan = plan_shared_prefix(table, contexts, 16, 4, max_groups=4)
     assert plan is not None and plan.prefix_lens.tolist()[:7] == [32] * 5 + [16] * 2
     prefix = to_device(plan, 4, max_plan_tiles(len(contexts), 4, 4), DEVICE)
-    n = len(contexts)
-    args = (
-        query,
-        k_cache,
-        v_cache,
-        torch.from_numpy(table).to(DEVICE),
-        torch.arange(n + 1, dtype=torch.int32, device=DEVICE),
-        torch.from_numpy(contexts).to(DEVICE),
-        0.25,
-        k_scale,
-        v_scale,
-    )
+    args = attention_args(query, k_cache, v_cache, table, contexts, 0.25, k_scale, v_scale)
     out = paged_attention(*args, shared_prefix=prefix)
     torch.testing.assert_close(out, paged_attention_ref(*args), atol=1e-5, rtol=1e-5)
 
@@ -203,17 +206,7 @@ def test_shared_prefix_attention_matches_plain_at_real_sizes_in_bf16(int8) -> No
     plan = plan_shared_prefix(table, contexts, 16, 16, max_groups=32)
     assert plan is not None and plan.num_tiles == 8
     prefix = to_device(plan, 16, max_plan_tiles(len(contexts), 16, 32), "cuda")
-    n = len(contexts)
-    args = (
-        query,
-        k_cache,
-        v_cache,
-        torch.from_numpy(table).cuda(),
-        torch.arange(n + 1, dtype=torch.int32, device="cuda"),
-        torch.from_numpy(contexts).cuda(),
-        128**-0.5,
-        *scales,
-    )
+    args = attention_args(query, k_cache, v_cache, table, contexts, 128**-0.5, *scales)
     out = paged_attention(*args, shared_prefix=prefix)
     torch.testing.assert_close(out, paged_attention_ref(*args), atol=1.5e-2, rtol=1.5e-2)
 
@@ -234,16 +227,7 @@ def test_shared_prefix_attention_matches_plain_over_random_prefix_trees(seed) ->
     k_cache = torch.randn(shape, generator=generator).to(DEVICE)
     v_cache = torch.randn(shape, generator=generator).to(DEVICE)
     query = torch.randn(len(rows), num_kv_heads * group, head_dim, generator=generator).to(DEVICE)
-    n = len(rows)
-    args = (
-        query,
-        k_cache,
-        v_cache,
-        torch.from_numpy(table).to(DEVICE),
-        torch.arange(n + 1, dtype=torch.int32, device=DEVICE),
-        torch.from_numpy(contexts).to(DEVICE),
-        0.25,
-    )
-    prefix = to_device(plan, 8, max_plan_tiles(n, 8, 4), DEVICE)
+    args = attention_args(query, k_cache, v_cache, table, contexts, 0.25)
+    prefix = to_device(plan, 8, max_plan_tiles(len(rows), 8, 4), DEVICE)
     out = paged_attention(*args, shared_prefix=prefix)
     torch.testing.assert_close(out, paged_attention_ref(*args), atol=1e-5, rtol=1e-5)
