@@ -71,7 +71,9 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--no-sweep", action="store_true", help="time the default configs only")
     ap.add_argument("--scenario", choices=["decode", "prefill"], default=None, help="only this")
-    ap.add_argument("--cache", default=None, help="only this cache (bf16, int8, int8-row-major)")
+    ap.add_argument(
+        "--cache", choices=["bf16", "int8", "int8-row-major"], default=None, help="only this"
+    )
     args = ap.parse_args()
     s = SHAPES[args.shape]
     heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
