@@ -9,7 +9,13 @@ stream at high priority (their blocks take SMs first as SMs free up; attention f
 If a concurrent time is close to max(matmuls, attention) rather than their sum, that schedule
 is worth building. (H100, 2026-11-27: the two micro-batches were 13% slower than serial.)
 
+With --carveout N1,N2,... the last rows repeat "matmuls alone" and "matmuls beside attention"
+with cuBLAS told to leave N SMs free (torch's experimental SM carve-out), the room attention
+would need to run during the matmuls; "alone" growing by about 132 / (132 - N) shows that the
+carve-out took effect.
+
     python -m bench.overlap_probe --shape llama-3.1-8b --batch 512 --context 640
+        [--carveout 16,32,66]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--context", type=int, default=640)
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--carveout", default="", help="comma-separated SM counts to leave free")
     args = ap.parse_args()
     s = SHAPES[args.shape]
     dev, dt = torch.device("cuda"), torch.bfloat16
@@ -139,6 +146,16 @@ def main() -> None:
         ("matmuls, half batch", _time(half_mm)),
         ("attention, half batch", _time(half_attn)),
     ]
+    for sms in [int(n) for n in args.carveout.split(",") if n]:
+        if not hasattr(torch._C, "_set_sm_carveout_experimental"):
+            print(f"  this torch ({torch.__version__}) has no SM carve-out")
+            break
+        torch._C._set_sm_carveout_experimental(sms)
+        try:
+            rows.append((f"matmuls alone, {sms} SMs free", _time(full_mm)))
+            rows.append((f"matmuls beside attention, {sms} free", _time(beside(side, low))))
+        finally:
+            torch._C._set_sm_carveout_experimental(None)
     print(
         f"{args.shape}, batch {args.batch}, context {args.context}, {args.layers} layers "
         f"({torch.cuda.get_device_name()})"
