@@ -60,11 +60,6 @@ class Variant:
         return f"{tiles} / {cache}" + (" / shared prefix" if self.has_prefix else "")
 
 
-def _int_arg(value: int) -> tuple[str, bool]:
-    """(signature type, divisible by 16) of an integer argument as the JIT sees it."""
-    return "i32", value % 16 == 0
-
-
 def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
     """PTX of the paged-attention kernel for one variant at the 8B shape."""
     heads, kv_heads, head_dim, block_size, num_blocks, num_seqs = 32, 8, 128, 16, 64, 8
@@ -141,8 +136,8 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
                 signature[name] = "constexpr"
                 constexprs[name] = 1
                 continue
-            signature[name], divisible = _int_arg(value)
-            if divisible:
+            signature[name] = "i32"
+            if value % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(
         _paged_attention_kernel, signature=signature, constexprs=constexprs, attrs=attrs

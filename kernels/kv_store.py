@@ -71,7 +71,7 @@ def check_cache_layout(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     with blocks as slot_major_values allows."""
     assert k_cache.shape == v_cache.shape, "key and value caches must have the same shape"
     assert k_cache.stride(-1) == 1, "key cache rows must be dense"
-    if v_cache.stride(-1) != 1:
+    if is_slot_major(v_cache):
         assert v_cache.stride(1) == 1 and slot_major_values(v_cache.dtype, v_cache.shape[1]), (
             "value cache must be row-major or slot-major (kernels/kv_store.py)"
         )
