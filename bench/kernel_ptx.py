@@ -27,7 +27,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.kv_store import allocate_kv_cache, is_slot_major, to_slot_major
+from kernels.kv_store import allocate_kv_cache, allocate_kv_scales, is_slot_major, to_slot_major
 from kernels.paged_attention import _paged_attention_kernel, default_tile_config
 
 # PTX mnemonics (prefixes) counted per compiled kernel.
@@ -70,7 +70,7 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
         v_cache = torch.empty_like(k_cache)
     elif variant.int8 and not is_slot_major(v_cache):
         v_cache = to_slot_major(v_cache)
-    scale = torch.empty((num_blocks, block_size, kv_heads), device="meta")
+    scale, _ = allocate_kv_scales(num_blocks, block_size, kv_heads, "meta")
     num_tokens = num_seqs if variant.decode else 16 * num_seqs
     query = torch.empty((num_tokens, heads, head_dim), device="meta")
     tables = torch.empty((num_seqs, 48), dtype=torch.int32, device="meta")

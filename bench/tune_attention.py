@@ -5,14 +5,15 @@ Scenarios (8B shape by default: 32 query / 8 KV heads, head_dim 128, block 16):
   decode   512 sequences, one query each, context --context (decode tiles: 16 query rows)
   prefill  fresh prompts of --prompt-len tokens (context = query), as many as fill 16k tokens
            (prefill tiles: 64 or 128 query rows)
-Each runs over a bf16 cache, an INT8 cache as the engine lays it out (values slot-major,
-kernels/kv_store.py) and an INT8 cache with row-major values. Reports milliseconds, and the
+Each runs over a bf16 cache, an INT8 cache as the engine lays it out (values slot-major, scales
+head-major, kernels/kv_store.py), and INT8 caches in the earlier layouts (row-major scales;
+row-major values and scales). Reports milliseconds, and the
 decode scenario's cache read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
 WK's decode shape is --decode-seqs 188 --context 4352.
 
     python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--decode-seqs 512]
         [--prompt-len 512] [--no-sweep]
-        [--scenario decode|prefill] [--cache bf16|int8|int8-row-major]
+        [--scenario decode|prefill] [--cache bf16|int8|int8-row-scales|int8-row-major]
 """
 
 from __future__ import annotations
@@ -24,8 +25,22 @@ import torch
 
 from bench.roofline import time_cuda
 from bench.shapes import SHAPES
-from kernels.kv_store import quantize_int8_ref, slot_major_values, to_slot_major
+from kernels.kv_store import (
+    quantize_int8_ref,
+    slot_major_values,
+    to_head_major_scales,
+    to_slot_major,
+)
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
+
+# Cache name -> make_step's (int8, slot_major, head_major_scales): bf16, INT8 as the engine lays
+# it out, and the two earlier INT8 layouts (row-major scales; row-major values and scales).
+CACHES = {
+    "bf16": (False, True, True),
+    "int8": (True, True, True),
+    "int8-row-scales": (True, True, False),
+    "int8-row-major": (True, False, False),
+}
 
 
 def make_step(
@@ -35,9 +50,11 @@ def make_step(
     head_dim: int,
     int8: bool,
     slot_major: bool = True,
+    head_major_scales: bool = True,
 ):
     """Query, cache, tables, cu_query_lens, context_lens and scales for (context, query) seqs;
-    INT8 values slot-major (as the engine allocates them) unless slot_major is False."""
+    INT8 laid out as the engine allocates it (values slot-major, scales head-major) unless
+    slot_major or head_major_scales is False."""
     dev, block = torch.device("cuda"), 16
     per_seq = [-(-c // block) for c, _ in seqs]
     num_blocks = sum(per_seq)
@@ -57,6 +74,8 @@ def make_step(
         (k, k_scale), (v, v_scale) = quantize_int8_ref(k), quantize_int8_ref(v)
         if slot_major and slot_major_values(torch.int8, block):
             v = to_slot_major(v)
+        if head_major_scales:
+            k_scale, v_scale = to_head_major_scales(k_scale), to_head_major_scales(v_scale)
         scales = (k_scale, v_scale)
     query = torch.randn(int(cu[-1]), heads, head_dim, device=dev, dtype=torch.bfloat16)
     ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=dev)
@@ -71,9 +90,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--no-sweep", action="store_true", help="time the default configs only")
     ap.add_argument("--scenario", choices=["decode", "prefill"], default=None, help="only this")
-    ap.add_argument(
-        "--cache", choices=["bf16", "int8", "int8-row-major"], default=None, help="only this"
-    )
+    ap.add_argument("--cache", choices=list(CACHES), default=None, help="only this")
     args = ap.parse_args()
     s = SHAPES[args.shape]
     heads, kv_heads, head_dim = s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
@@ -94,25 +111,20 @@ def main() -> None:
     if args.no_sweep:
         grids = {"decode": [], "prefill": []}
     print(f"{args.shape} ({torch.cuda.get_device_name()}): heads {heads}/{kv_heads}, d {head_dim}")
-    caches = {"bf16": (False, True), "int8": (True, True), "int8-row-major": (True, False)}
+    caches = CACHES
     if args.scenario:
         scenarios = {args.scenario: scenarios[args.scenario]}
     if args.cache:
         caches = {args.cache: caches[args.cache]}
-    for (name, seqs), (cache, (int8, slot_major)) in itertools.product(
-        scenarios.items(), caches.items()
-    ):
-        sweep(
-            name, seqs, cache, int8, slot_major, grids[name], heads, kv_heads, head_dim, group_pad
-        )
+    for (name, seqs), (cache, layout) in itertools.product(scenarios.items(), caches.items()):
+        sweep(name, seqs, cache, layout, grids[name], heads, kv_heads, head_dim, group_pad)
 
 
 def sweep(
     name: str,
     seqs: list[tuple[int, int]],
     cache: str,
-    int8: bool,
-    slot_major: bool,
+    layout: tuple[bool, bool, bool],
     configs: list[TileConfig],
     heads: int,
     kv_heads: int,
@@ -120,8 +132,9 @@ def sweep(
     group_pad: int,
 ) -> None:
     """Time every config (and the default) on one scenario; print the default and the best 5."""
+    int8 = layout[0]
     query, k, v, table, cu, ctx, (k_scale, v_scale) = make_step(
-        seqs, kv_heads, heads, head_dim, int8, slot_major
+        seqs, kv_heads, heads, head_dim, *layout
     )
     if name == "decode":
         amount = sum(c for c, _ in seqs) * kv_heads * head_dim * 2 * (1 if int8 else 2) / 1e6

@@ -18,7 +18,7 @@ from engine.models.llama import LlamaForCausalLM
 from engine.request import PENDING_TOKEN
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
-from kernels.kv_store import allocate_kv_cache
+from kernels.kv_store import allocate_kv_cache, allocate_kv_scales
 from kernels.shared_prefix import SharedPrefix
 
 # Shared-prefix tiling: about 64 query rows (sequences x query heads of one KV head) per tile,
@@ -55,14 +55,8 @@ def allocate_kv_caches(
     for _ in range(model.num_hidden_layers):
         k_cache, v_cache = allocate_kv_cache(*shape, cache_dtype, device)
         if int8:
-            layers.append(
-                LayerKVCache(
-                    k_cache=k_cache,
-                    v_cache=v_cache,
-                    k_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
-                    v_scale=torch.ones(shape[:3], dtype=torch.float32, device=device),
-                )
-            )
+            k_scale, v_scale = allocate_kv_scales(*shape[:3], device)
+            layers.append(LayerKVCache(k_cache, v_cache, k_scale=k_scale, v_scale=v_scale))
         else:
             layers.append(LayerKVCache(k_cache=k_cache, v_cache=v_cache))
     return layers

@@ -13,6 +13,10 @@ dimension contiguous (ldmatrix has no 8-bit transpose), so row-major INT8 values
 through narrow shared-memory loads. `allocate_kv_cache` makes caches in this layout; the
 kernels take either through strides.
 
+Scales are head-major in memory ([num_blocks, num_kv_heads, block_size], `allocate_kv_scales`):
+an attention program reads one head's scales, and row-major ([..., block_size, num_kv_heads])
+would spread a block's 16 of them over 16 separate 32-byte sectors, each fetched for 4 bytes.
+
 INT8 is symmetric per token and per head: scale = max|x| / 127 (never below a tiny positive
 floor, so an all-zero row gets a positive scale and no NaN) and code = round(x / scale).
 """
@@ -58,6 +62,24 @@ def allocate_kv_cache(
     else:
         v_cache = torch.zeros(shape, dtype=dtype, device=device)
     return k_cache, v_cache
+
+
+def allocate_kv_scales(
+    num_blocks: int, block_size: int, num_kv_heads: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_scale, v_scale) for one INT8 layer, indexed [num_blocks, block_size, num_kv_heads] and
+    head-major in memory (a head's scales for a block are contiguous). Filled with ones, so a
+    slot never written dequantizes to finite values."""
+    shape = (num_blocks, num_kv_heads, block_size)
+    k_scale = torch.ones(shape, dtype=torch.float32, device=device).permute(0, 2, 1)
+    v_scale = torch.ones(shape, dtype=torch.float32, device=device).permute(0, 2, 1)
+    return k_scale, v_scale
+
+
+def to_head_major_scales(scale: torch.Tensor) -> torch.Tensor:
+    """A head-major copy of a [num_blocks, block_size, num_kv_heads] scale tensor, indexed the
+    same way (the layout allocate_kv_scales makes)."""
+    return scale.permute(0, 2, 1).contiguous().permute(0, 2, 1)
 
 
 def to_slot_major(cache: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from kernels.kv_store import (
+    allocate_kv_scales,
     quantize_int8_ref,
     slot_major_values,
     store_kv,
     store_kv_ref,
+    to_head_major_scales,
     to_slot_major,
 )
 
@@ -46,14 +48,15 @@ def _caches(
     device: str,
 ) -> list[torch.Tensor]:
     """k_cache, v_cache (and for INT8 k_scale, v_scale) filled with seeded junk, so a slot the
-    kernel must skip is seen to keep its old contents; INT8 values slot-major where the engine
-    lays them out so."""
+    kernel must skip is seen to keep its old contents; INT8 laid out as the engine lays it out
+    (scales head-major, values slot-major at 16- and 32-slot blocks)."""
     generator = torch.Generator().manual_seed(1)
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
     if dtype == torch.int8:
         caches = [torch.randint(-127, 128, shape, generator=generator, dtype=torch.int8)] * 2
         scales = [torch.rand(shape[:3], generator=generator)] * 2
         caches = [t.clone().to(device) for t in caches + scales]
+        caches[2:] = [to_head_major_scales(t) for t in caches[2:]]
         if slot_major_values(torch.int8, block_size):
             caches[1] = to_slot_major(caches[1])
         return caches
@@ -125,8 +128,8 @@ def test_store_kv_quantizes_into_slot_major_values_like_reference() -> None:
     key, value, slots = _case(
         40, 2, 16, num_blocks=4, block_size=16, dtype=torch.float32, device=DEVICE
     )
-    k_cache, v_cache, _, _ = _check_int8(key, value, slots, num_blocks=4, block_size=16)
-    assert v_cache.stride(1) == 1 and k_cache.stride(-1) == 1
+    k_cache, v_cache, k_scale, _ = _check_int8(key, value, slots, num_blocks=4, block_size=16)
+    assert v_cache.stride(1) == 1 and k_cache.stride(-1) == 1 and k_scale.stride(1) == 1
     written = slots[slots >= 0]
     codes, _ = quantize_int8_ref(value[slots >= 0])
     got = v_cache[written // 16, written % 16]
@@ -145,6 +148,15 @@ def test_store_kv_gives_zero_rows_a_positive_scale_and_zero_codes() -> None:
     assert (k_scale[blocks, offsets, 0] > 0).all() and (v_scale[blocks, offsets] > 0).all()
     assert (k_cache[blocks, offsets, 0] == 0).all() and (v_cache[blocks, offsets] == 0).all()
     assert torch.isfinite(k_scale).all() and torch.isfinite(v_scale).all()
+
+
+def test_allocate_kv_scales_puts_a_heads_scales_for_a_block_side_by_side() -> None:
+    k_scale, v_scale = allocate_kv_scales(3, 16, 8, "cpu")
+    for scale in (k_scale, v_scale):
+        assert scale.shape == (3, 16, 8) and scale.dtype == torch.float32
+        assert scale.stride() == (16 * 8, 1, 16)
+        assert torch.equal(scale, torch.ones(3, 16, 8))
+    assert k_scale.data_ptr() != v_scale.data_ptr()
 
 
 @pytest.mark.gpu

@@ -5,7 +5,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.kv_store import quantize_int8_ref, slot_major_values, to_slot_major
+from kernels.kv_store import (
+    quantize_int8_ref,
+    slot_major_values,
+    to_head_major_scales,
+    to_slot_major,
+)
 from kernels.paged_attention import paged_attention, paged_attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,13 +80,18 @@ def make_batch(
     )
 
 
-def quantized(batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-    """The same batch over an INT8 copy of its cache, with the per-token-per-head scales; the
-    value codes slot-major where the engine would lay them out so (kernels/kv_store.py)."""
+def quantized(
+    batch: Batch, head_major_scales: bool = True
+) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """The same batch over an INT8 copy of its cache, with the per-token-per-head scales, laid
+    out as the engine lays them out (kernels/kv_store.py): scales head-major (unless
+    head_major_scales is False), value codes slot-major at 16- and 32-slot blocks."""
     k_codes, k_scale = quantize_int8_ref(batch.k_cache)
     v_codes, v_scale = quantize_int8_ref(batch.v_cache)
     if slot_major_values(torch.int8, v_codes.shape[1]):
         v_codes = to_slot_major(v_codes)
+    if head_major_scales:
+        k_scale, v_scale = to_head_major_scales(k_scale), to_head_major_scales(v_scale)
     int8_batch = Batch(**{**batch.__dict__, "k_cache": k_codes, "v_cache": v_codes})
     return int8_batch, k_scale, v_scale
 
@@ -183,12 +193,14 @@ def test_paged_attention_matches_reference_when_block_table_is_shuffled() -> Non
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("head_major_scales", [True, False], ids=["head_major", "row_major"])
 def test_paged_attention_over_int8_cache_matches_reference_on_the_same_int8_cache(
-    dtype: torch.dtype,
+    dtype: torch.dtype, head_major_scales: bool
 ) -> None:
     seqs = [(BLOCK + 1, 1), (MANY, 1), (11, 5), (BLOCK - 1, BLOCK - 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=dtype, num_padding_rows=1)
-    int8_batch, k_scale, v_scale = quantized(batch)
+    int8_batch, k_scale, v_scale = quantized(batch, head_major_scales)
+    assert k_scale.stride(1) == (1 if head_major_scales else 2)
     assert_matches_reference(int8_batch, k_scale, v_scale)
 
 

@@ -8,7 +8,7 @@ import torch
 import triton.language as tl
 
 from engine.shared_prefix import max_plan_tiles, plan_shared_prefix
-from kernels.kv_store import quantize_int8_ref, to_slot_major
+from kernels.kv_store import quantize_int8_ref, to_head_major_scales, to_slot_major
 from kernels.paged_attention import paged_attention, paged_attention_ref
 from kernels.shared_prefix import (
     SharedPrefix,
@@ -156,6 +156,7 @@ def test_shared_prefix_over_slot_major_int8_values_matches_plain_attention() -> 
     k_cache, k_scale = quantize_int8_ref(k_cache)
     v_cache, v_scale = quantize_int8_ref(v_cache)
     v_cache = to_slot_major(v_cache)
+    k_scale, v_scale = to_head_major_scales(k_scale), to_head_major_scales(v_scale)
     plan = plan_shared_prefix(table, contexts, 16, 4, max_groups=4)
     assert plan is not None and plan.prefix_lens.tolist()[:7] == [32] * 5 + [16] * 2
     prefix = to_device(plan, 4, max_plan_tiles(len(contexts), 4, 4), DEVICE)
@@ -198,11 +199,11 @@ def test_shared_prefix_attention_matches_plain_at_real_sizes_in_bf16(int8) -> No
         device="cuda",
     )
     scales: tuple[torch.Tensor, ...] = ()
-    if int8:  # values slot-major, as the engine lays out INT8 at 16-slot blocks
+    if int8:  # laid out as the engine lays out INT8 at 16-slot blocks (kernels/kv_store.py)
         k_cache, k_scale = quantize_int8_ref(k_cache)
         v_cache, v_scale = quantize_int8_ref(v_cache)
         v_cache = to_slot_major(v_cache)
-        scales = (k_scale, v_scale)
+        scales = (to_head_major_scales(k_scale), to_head_major_scales(v_scale))
     plan = plan_shared_prefix(table, contexts, 16, 16, max_groups=32)
     assert plan is not None and plan.num_tiles == 8
     prefix = to_device(plan, 16, max_plan_tiles(len(contexts), 16, 32), "cuda")
