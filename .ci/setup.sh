@@ -15,6 +15,9 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e '.[test]'
+# Hugging Face's `kernels` distribution (pulled in by transformers 5.25+, which pyproject.toml
+# keeps out) is a top-level package named like ours: a venv that has it breaks transformers.
+if pip show -q kernels 2>/dev/null; then pip uninstall -q -y kernels; fi
 batchgen models fetch smollm2 --no-progress >/dev/null
 
 # Ceph (monitor, OSD, RADOS Gateway): the real S3 server of the s3-marked tests
