@@ -50,6 +50,7 @@ class Variant:
     slot_major_values: bool
     decode: bool  # decode tiles (16 rows) or prefill tiles
     has_prefix: bool = False
+    fresh: bool = False  # chunks read their own keys from the step's key / value
 
     @property
     def name(self) -> str:
@@ -57,7 +58,11 @@ class Variant:
         if self.int8:
             cache += " slot-major values" if self.slot_major_values else " row-major values"
         tiles = "decode" if self.decode else "prefill"
-        return f"{tiles} / {cache}" + (" / shared prefix" if self.has_prefix else "")
+        return (
+            f"{tiles} / {cache}"
+            + (" / shared prefix" if self.has_prefix else "")
+            + (" / fresh keys" if self.fresh else "")
+        )
 
 
 def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
@@ -74,7 +79,8 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
     num_tokens = num_seqs if variant.decode else 16 * num_seqs
     query = torch.empty((num_tokens, heads, head_dim), device="meta")
     tables = torch.empty((num_seqs, 48), dtype=torch.int32, device="meta")
-    config = default_tile_config(num_tokens, num_seqs, group_pad, variant.int8)
+    step_kv = torch.empty((num_tokens, kv_heads, head_dim), dtype=torch.bfloat16, device="meta")
+    config = default_tile_config(num_tokens, num_seqs, group_pad, variant.int8, variant.fresh)
     tensors = {
         "query_ptr": ("*bf16", query),
         "k_cache_ptr": ("*i8" if variant.int8 else "*bf16", k_cache),
@@ -88,6 +94,8 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
         "prefix_lens_ptr": ("*i32", None),
         "prefix_out_ptr": ("*fp32", query),
         "prefix_lse_ptr": ("*fp32", query[:, :, 0]),
+        "key_ptr": ("*bf16", step_kv),
+        "value_ptr": ("*bf16", step_kv),
     }
     strides = {
         "stride_query": query,
@@ -99,6 +107,8 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
         "stride_k_scale": scale,
         "stride_v_scale": scale,
         "stride_block_tables": tables,
+        "stride_key": step_kv,
+        "stride_value": step_kv,
     }
     dims = {"token": 0, "seq": 0, "head": 1}
     cache_dims = {"block": 0, "slot": 1, "head": 2, "dim": 3}
@@ -107,6 +117,7 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
         "GROUP_PAD": group_pad,
         "BLOCK_Q": config.block_q,
         "BLOCK_N": config.block_n,
+        "FRESH_BLOCK_N": config.fresh_block_n or config.block_n,
         "BLOCK_SIZE": block_size,
         "V_SLOT_MAJOR": is_slot_major(v_cache),
         "HEAD_DIM": head_dim,
@@ -114,6 +125,7 @@ def compile_paged_attention(variant: Variant, arch: int = 90) -> str:
         "DOT_DTYPE": tl.bfloat16,
         "DOT_PRECISION": "tf32",
         "HAS_PREFIX": variant.has_prefix,
+        "FRESH_KV": variant.fresh,
     }
     signature: dict[str, str] = {}
     attrs: dict[tuple[int, ...], list[list]] = {}
@@ -165,6 +177,7 @@ def main() -> None:
         Variant(True, slot_major, decode)
         for decode, slot_major in itertools.product((True, False), (True, False))
     ]
+    variants.append(Variant(True, True, decode=False, fresh=True))  # what the engine's chunks run
     if args.json:
         counts = {
             v.name: count_instructions(compile_paged_attention(v, args.arch)) for v in variants
@@ -172,10 +185,10 @@ def main() -> None:
         print(json.dumps(counts))
         return
     print(f"paged attention, 8B shape, sm_{args.arch}: instructions in the PTX")
-    print(f"{'variant':42s}" + "".join(f"{m:>16s}" for m in COUNTED))
+    print(f"{'variant':50s}" + "".join(f"{m:>16s}" for m in COUNTED))
     for variant in variants:
         counts = count_instructions(compile_paged_attention(variant, args.arch))
-        print(f"{variant.name:42s}" + "".join(f"{counts[m]:16d}" for m in COUNTED))
+        print(f"{variant.name:50s}" + "".join(f"{counts[m]:16d}" for m in COUNTED))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ Loads SmolLM2-135M-Instruct twice through `engine.LLM` (kv_cache_dtype "auto" an
 generates gen_len greedy tokens per prompt with the unquantized cache (EOS ignored), then, for
 each lossy cache:
 
-- teacher-forced: prompt + the unquantized run's tokens go through the model as one prefill over
-  a fresh paged cache of that kind, with logits at every generated position. Attention reads
-  every key/value back from the paged cache, so each position sees quantized K/V exactly as
-  decoding would. Reports KL(unquantized || lossy) of the next-token distributions and top-1
-  agreement over all positions.
+- teacher-forced: the prompt, then the unquantized run's tokens one decode step at a time, go
+  through the model over a fresh paged cache of that kind, with logits at every generated
+  position. Each decode reads every earlier key/value back from the paged cache, so each
+  position sees quantized K/V exactly as generation would. Reports KL(unquantized || lossy) of
+  the next-token distributions and top-1 agreement over all positions.
 - free-running: greedy generation with that cache; reports how many tokens match the
   unquantized run before the first divergence.
 - memory: KV bytes per token (kv_bytes_per_block / block_size), checked against the bytes the
@@ -208,9 +208,11 @@ def teacher_forced_logprobs(
 ) -> torch.Tensor:
     """Log-probabilities of the next token at every target position: [sum(len(t)), vocab] fp32.
 
-    Each sequence is prompt + targets[:-1], run through llm's model as one prefill over a fresh
-    paged cache (storage_dtype, or INT8 codes when llm's kv_cache_dtype is int8; the engine's own
-    cache is left untouched), with logits at the rows that predict targets[0], ..., targets[-1].
+    Steps as generation takes them, over a fresh paged cache (storage_dtype, or INT8 codes
+    when llm's kv_cache_dtype is int8; the engine's own cache is left untouched): the prompts in
+    one prefill (whose rows attend to their own unquantized keys, as the engine's chunks do),
+    whose last rows predict targets[0]; then targets[:-1] one decode step at a time, each
+    reading every earlier key and value back from the cache.
     """
     config = llm.config
     model = llm.engine.runner.model
@@ -219,40 +221,54 @@ def teacher_forced_logprobs(
     out = []
     for first in range(0, len(prompts), batch_seqs):
         last = min(first + batch_seqs, len(prompts))
-        seqs = [prompts[i] + targets[i][:-1] for i in range(first, last)]
-        blocks_per_seq = [-(-len(s) // block_size) for s in seqs]
+        group = range(first, last)
+        lens = [len(prompts[i]) + len(targets[i]) - 1 for i in group]
+        blocks_per_seq = [-(-n // block_size) for n in lens]
         kv = allocate_kv_caches(
             config.model, config.cache, sum(blocks_per_seq), storage_dtype, device
         )
         # Sequence s owns the next blocks_per_seq[s] blocks, its tokens in slot order.
-        block_tables = torch.zeros(len(seqs), max(blocks_per_seq), dtype=torch.int32)
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        logits_indices: list[int] = []
-        cu = [0]
-        next_block = 0
-        for s, (seq, num_blocks) in enumerate(zip(seqs, blocks_per_seq, strict=True)):
-            block_tables[s, :num_blocks] = torch.arange(next_block, next_block + num_blocks)
-            input_ids.extend(seq)
-            positions.extend(range(len(seq)))
-            slots.extend(range(next_block * block_size, next_block * block_size + len(seq)))
-            num_targets = len(targets[first + s])
-            # The prompt's last token predicts targets[0]; the last row predicts targets[-1].
-            logits_indices.extend(range(cu[-1] + len(seq) - num_targets, cu[-1] + len(seq)))
-            cu.append(cu[-1] + len(seq))
-            next_block += num_blocks
-        batch = ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-            block_tables=block_tables.to(device),
-            cu_query_lens=torch.tensor(cu, dtype=torch.int32, device=device),
-            context_lens=torch.tensor([len(s) for s in seqs], dtype=torch.int32, device=device),
-            logits_indices=torch.tensor(logits_indices, dtype=torch.int64, device=device),
-        )
-        logits = model.compute_logits(model(batch, kv))  # [num_rows, vocab] fp32
-        out.append(torch.log_softmax(logits, dim=-1).cpu())
+        starts = [0]
+        for n in blocks_per_seq:
+            starts.append(starts[-1] + n)
+        block_tables = torch.zeros(len(lens), max(blocks_per_seq), dtype=torch.int32)
+        for s, n in enumerate(blocks_per_seq):
+            block_tables[s, :n] = torch.arange(starts[s], starts[s] + n)
+        per_seq: list[list[torch.Tensor]] = [[] for _ in group]
+        # Step t feeds each sequence's tokens up to (and predicting from) position len(prompt)+t-1.
+        for t in range(max(len(targets[i]) for i in group)):
+            seqs = [s for s, i in enumerate(group) if t < len(targets[i])]
+            chunks = [prompts[group[s]] if t == 0 else [targets[group[s]][t - 1]] for s in seqs]
+            first_pos = [0 if t == 0 else len(prompts[group[s]]) + t - 1 for s in seqs]
+            cu = [0]
+            for chunk in chunks:
+                cu.append(cu[-1] + len(chunk))
+            positions = [
+                p + j for p, c in zip(first_pos, chunks, strict=True) for j in range(len(c))
+            ]
+            owner = [s for s, c in zip(seqs, chunks, strict=True) for _ in c]
+            batch = ForwardBatch(
+                input_ids=torch.tensor([x for c in chunks for x in c], device=device),
+                positions=torch.tensor(positions, dtype=torch.int64, device=device),
+                slot_mapping=torch.tensor(
+                    [starts[s] * block_size + p for s, p in zip(owner, positions, strict=True)],
+                    dtype=torch.int64,
+                    device=device,
+                ),
+                block_tables=block_tables[seqs].to(device),
+                cu_query_lens=torch.tensor(cu, dtype=torch.int32, device=device),
+                context_lens=torch.tensor(
+                    [p + len(c) for p, c in zip(first_pos, chunks, strict=True)],
+                    dtype=torch.int32,
+                    device=device,
+                ),
+                logits_indices=torch.tensor(cu[1:], dtype=torch.int64, device=device) - 1,
+                num_decode_seqs=len(seqs) if t > 0 else 0,
+            )
+            logits = model.compute_logits(model(batch, kv))  # [len(seqs), vocab] fp32
+            for row, s in enumerate(seqs):
+                per_seq[s].append(torch.log_softmax(logits[row], dim=-1).cpu())
+        out.extend(torch.stack(rows) for rows in per_seq)
         del kv
     return torch.cat(out)
 
@@ -397,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-len", type=int, default=128)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument(
-        "--batch-seqs", type=int, default=10, help="sequences per teacher-forced prefill"
-    )
+    ap.add_argument("--batch-seqs", type=int, default=10, help="sequences per teacher-forced batch")
     ap.add_argument("--no-bf16-baseline", action="store_true", help="skip the bf16 KV yardstick")
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args(argv)

@@ -5,15 +5,18 @@ Scenarios (8B shape by default: 32 query / 8 KV heads, head_dim 128, block 16):
   decode   512 sequences, one query each, context --context (decode tiles: 16 query rows)
   prefill  fresh prompts of --prompt-len tokens (context = query), as many as fill 16k tokens
            (prefill tiles: 64 or 128 query rows)
+  chunk    second halves of --prompt-len prompts (the first half cached), 16k query tokens
 Each runs over a bf16 cache, an INT8 cache as the engine lays it out (values slot-major, scales
-head-major, kernels/kv_store.py), and INT8 caches in the earlier layouts (row-major scales;
-row-major values and scales). Reports milliseconds, and the
+head-major, kernels/kv_store.py), the same with chunks reading their own keys from the step's
+unquantized key / value (int8-fresh: what the engine does), and INT8 caches in the earlier
+layouts (row-major scales; row-major values and scales). Reports milliseconds, and the
 decode scenario's cache read rate (GB/s) and the prefill scenarios' attention TFLOP/s.
 WK's decode shape is --decode-seqs 188 --context 4352.
 
     python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--decode-seqs 512]
         [--prompt-len 512] [--no-sweep]
-        [--scenario decode|prefill] [--cache bf16|int8|int8-row-scales|int8-row-major]
+        [--scenario decode|prefill|chunk]
+        [--cache bf16|int8|int8-fresh|int8-row-scales|int8-row-major]
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ from kernels.kv_store import (
 )
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
 
-# Cache name -> make_step's (int8, slot_major, head_major_scales): bf16, INT8 as the engine lays
-# it out, and the two earlier INT8 layouts (row-major scales; row-major values and scales).
+# Cache name -> make_step's (int8, slot_major, head_major_scales, fresh): bf16, INT8 as the
+# engine lays it out (its chunks reading the cache, or their own keys as the engine has them),
+# and the two earlier INT8 layouts (row-major scales; row-major values and scales).
 CACHES = {
-    "bf16": (False, True, True),
-    "int8": (True, True, True),
-    "int8-row-scales": (True, True, False),
-    "int8-row-major": (True, False, False),
+    "bf16": (False, True, True, False),
+    "int8": (True, True, True, False),
+    "int8-fresh": (True, True, True, True),
+    "int8-row-scales": (True, True, False, False),
+    "int8-row-major": (True, False, False, False),
 }
 
 
@@ -51,10 +56,11 @@ def make_step(
     int8: bool,
     slot_major: bool = True,
     head_major_scales: bool = True,
+    fresh: bool = False,
 ):
-    """Query, cache, tables, cu_query_lens, context_lens and scales for (context, query) seqs;
-    INT8 laid out as the engine allocates it (values slot-major, scales head-major) unless
-    slot_major or head_major_scales is False."""
+    """Query, cache, tables, cu_query_lens, context_lens, scales and the step's key / value
+    rows (empty unless fresh) for (context, query) seqs; INT8 laid out as the engine allocates
+    it (values slot-major, scales head-major) unless slot_major or head_major_scales is False."""
     dev, block = torch.device("cuda"), 16
     per_seq = [-(-c // block) for c, _ in seqs]
     num_blocks = sum(per_seq)
@@ -79,7 +85,11 @@ def make_step(
         scales = (k_scale, v_scale)
     query = torch.randn(int(cu[-1]), heads, head_dim, device=dev, dtype=torch.bfloat16)
     ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=dev)
-    return query, k, v, table.to(dev), cu.to(dev), ctx, scales
+    step_kv = {}
+    if fresh:
+        rows = (query.shape[0], kv_heads, head_dim)
+        step_kv = {n: torch.randn(rows, device=dev, dtype=torch.bfloat16) for n in ("key", "value")}
+    return query, k, v, table.to(dev), cu.to(dev), ctx, scales, step_kv
 
 
 def main() -> None:
@@ -89,7 +99,9 @@ def main() -> None:
     ap.add_argument("--decode-seqs", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--no-sweep", action="store_true", help="time the default configs only")
-    ap.add_argument("--scenario", choices=["decode", "prefill"], default=None, help="only this")
+    ap.add_argument(
+        "--scenario", choices=["decode", "prefill", "chunk"], default=None, help="only this"
+    )
     ap.add_argument("--cache", choices=list(CACHES), default=None, help="only this")
     args = ap.parse_args()
     s = SHAPES[args.shape]
@@ -99,17 +111,29 @@ def main() -> None:
     scenarios = {
         "decode": [(args.context, 1)] * args.decode_seqs,
         "prefill": [(args.prompt_len, args.prompt_len)] * prompts,
+        "chunk": [(args.prompt_len, args.prompt_len // 2)] * (2 * prompts),
     }
 
-    def grid(rows: list[int]) -> list[TileConfig]:
+    def grid(rows: list[int], block_n: list[int], stages: list[int]) -> list[TileConfig]:
         return [
             TileConfig(block_q=max(1, m // group_pad), block_n=bn, num_warps=w, num_stages=st)
-            for m, bn, w, st in itertools.product(rows, [32, 64, 128], [4, 8], [2, 3])
+            for m, bn, w, st in itertools.product(rows, block_n, [4, 8], stages)
         ]
 
-    grids = {"decode": grid([16]), "prefill": grid([64, 128])}
+    # Launches with fresh keys also pick fresh_block_n (the cache part of a chunk, block_n,
+    # is the smaller share of its keys).
+    fresh_grid = [
+        TileConfig(max(1, m // group_pad), bn, w, 3, fresh_block_n=fbn)
+        for m, bn, fbn, w in itertools.product([64, 128], [64, 128], [32, 64], [4, 8])
+    ]
+    prefill_grid = grid([64, 128], [32, 64, 128], [2, 3])
+    grids = {
+        "decode": grid([16], [32, 64, 128, 256], [2, 3, 4]),
+        "prefill": prefill_grid,
+        "chunk": prefill_grid,
+    }
     if args.no_sweep:
-        grids = {"decode": [], "prefill": []}
+        grids = {"decode": [], "prefill": [], "chunk": []}
     print(f"{args.shape} ({torch.cuda.get_device_name()}): heads {heads}/{kv_heads}, d {head_dim}")
     caches = CACHES
     if args.scenario:
@@ -117,14 +141,17 @@ def main() -> None:
     if args.cache:
         caches = {args.cache: caches[args.cache]}
     for (name, seqs), (cache, layout) in itertools.product(scenarios.items(), caches.items()):
-        sweep(name, seqs, cache, layout, grids[name], heads, kv_heads, head_dim, group_pad)
+        configs = (
+            fresh_grid if layout[3] and name != "decode" and not args.no_sweep else grids[name]
+        )
+        sweep(name, seqs, cache, layout, configs, heads, kv_heads, head_dim, group_pad)
 
 
 def sweep(
     name: str,
     seqs: list[tuple[int, int]],
     cache: str,
-    layout: tuple[bool, bool, bool],
+    layout: tuple[bool, bool, bool, bool],
     configs: list[TileConfig],
     heads: int,
     kv_heads: int,
@@ -132,17 +159,18 @@ def sweep(
     group_pad: int,
 ) -> None:
     """Time every config (and the default) on one scenario; print the default and the best 5."""
-    int8 = layout[0]
-    query, k, v, table, cu, ctx, (k_scale, v_scale) = make_step(
-        seqs, kv_heads, heads, head_dim, *layout
+    int8, fresh = layout[0], layout[3] and name != "decode"  # decodes read no fresh keys
+    query, k, v, table, cu, ctx, (k_scale, v_scale), step_kv = make_step(
+        seqs, kv_heads, heads, head_dim, *layout[:3], fresh
     )
     if name == "decode":
         amount = sum(c for c, _ in seqs) * kv_heads * head_dim * 2 * (1 if int8 else 2) / 1e6
         unit = "GB/s"  # bytes / ms / 1e6
     else:
-        amount = sum(4 * q * c / 2 * head_dim * heads for c, q in seqs) / 1e9
+        # causal: a query at position p sees p + 1 keys
+        amount = sum(4 * q * (c - q / 2) * head_dim * heads for c, q in seqs) / 1e9
         unit = "TFLOP/s"  # flops / ms / 1e9
-    default = default_tile_config(query.shape[0], len(seqs), group_pad, int8)
+    default = default_tile_config(query.shape[0], len(seqs), group_pad, int8, fresh)
     results: list[tuple[float, TileConfig]] = []
     for config in [*configs, default]:
         if config in [c for _, c in results]:
@@ -150,7 +178,7 @@ def sweep(
         try:
             ms = 1000 * time_cuda(
                 lambda c=config: launch_paged_attention(
-                    query, k, v, table, cu, ctx, head_dim**-0.5, k_scale, v_scale, c
+                    query, k, v, table, cu, ctx, head_dim**-0.5, k_scale, v_scale, c, **step_kv
                 ),
                 10,
             )

@@ -135,6 +135,7 @@ class StepGraphs:
             context_lens=s.context_lens[:size],
             logits_indices=s.logits_indices[: size * q],
             shared_prefix=self._shared_prefix_view(size),
+            num_decode_seqs=size if q == 1 else 0,
         )
 
     def _shared_prefix_view(self, size: int) -> SharedPrefix | None:

@@ -1,12 +1,72 @@
-"""One step of flash-style attention over the paged KV cache, shared by the paged attention and
-shared-prefix kernels: load the keys at positions `keys` through a block table (an INT8 cache's
-codes go into the dots as they are; key scales multiply the scores and value scales the
-probabilities), score them against the query tile, and fold them into the running
-online softmax (max_score, denominator) and accumulator. Scores are in base 2 (qk_scale
-includes log2(e)); `visible` masks what each query row may see."""
+"""One step of flash-style attention, shared by the paged attention and shared-prefix kernels:
+load BLOCK_N keys and values, score them against the query tile, and fold them into the
+running online softmax (max_score, denominator) and accumulator. Scores are in base 2
+(qk_scale includes log2(e)); `visible` masks what each query row may see.
+
+attend_kv_tile reads the paged cache through a block table (an INT8 cache's codes go into the
+dots as they are; key scales multiply the scores and value scales the probabilities);
+attend_fresh_tile reads rows of the step's own, unquantized keys and values."""
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def softmax_step(
+    scores,  # [BLOCK_M, BLOCK_N] fp32 logits in base 2
+    visible,
+    max_score,  # [BLOCK_M] the running maximum
+    denominator,  # [BLOCK_M] the running sum of exp2(score - max_score)
+):
+    """Unnormalised probabilities of a tile, the factor that rescales what was accumulated
+    before it, and the new running maximum and denominator."""
+    scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(max_score, tl.max(scores, axis=1))
+    # A row that has seen nothing yet (padding rows, masked heads) keeps -inf; shift it by 0
+    # instead so exp2 gives 0, not NaN.
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    probs = tl.exp2(scores - shift[:, None])  # [BLOCK_M, BLOCK_N]
+    correction = tl.exp2(max_score - shift)  # [BLOCK_M]
+    denominator = denominator * correction + tl.sum(probs, axis=1)
+    return probs, correction, new_max, denominator
+
+
+@triton.jit
+def attend_fresh_tile(
+    q,  # [BLOCK_M, HEAD_DIM] in DOT_DTYPE
+    acc,  # [BLOCK_M, HEAD_DIM] fp32
+    max_score,  # [BLOCK_M] fp32
+    denominator,  # [BLOCK_M] fp32
+    rows,  # [BLOCK_N] rows of key / value holding the tile's keys
+    row_mask,  # [BLOCK_N] keys that exist
+    visible,  # [BLOCK_M, BLOCK_N]
+    k_head_ptr,  # key_ptr offset to this KV head: [num_tokens, num_kv_heads, HEAD_DIM]
+    v_head_ptr,
+    dims,  # [HEAD_DIM]
+    qk_scale,
+    stride_key_token,
+    stride_value_token,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """attend_kv_tile over the step's own keys and values (16/32-bit, contiguous head_dim)."""
+    rows = rows.to(tl.int64)
+    k = tl.load(
+        k_head_ptr + (rows * stride_key_token)[:, None] + dims[None, :],
+        mask=row_mask[:, None],
+        other=0.0,
+    )
+    scores = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION) * qk_scale
+    probs, correction, new_max, denominator = softmax_step(scores, visible, max_score, denominator)
+    v = tl.load(
+        v_head_ptr + (rows * stride_value_token)[:, None] + dims[None, :],
+        mask=row_mask[:, None],
+        other=0.0,
+    )
+    acc = acc * correction[:, None] + tl.dot(
+        probs.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+    )
+    return acc, new_max, denominator
 
 
 @triton.jit
@@ -73,15 +133,7 @@ def attend_kv_tile(
         scores = scores * (k_scale * qk_scale)[None, :]
     else:
         scores = scores * qk_scale
-    scores = tl.where(visible, scores, float("-inf"))
-
-    new_max = tl.maximum(max_score, tl.max(scores, axis=1))
-    # A row that has seen nothing yet (padding rows, masked heads) keeps -inf; shift it by 0
-    # instead so exp2 gives 0, not NaN.
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-    probs = tl.exp2(scores - shift[:, None])  # [BLOCK_M, BLOCK_N]
-    correction = tl.exp2(max_score - shift)  # [BLOCK_M]
-    denominator = denominator * correction + tl.sum(probs, axis=1)
+    probs, correction, new_max, denominator = softmax_step(scores, visible, max_score, denominator)
 
     v_rows = block_ids * stride_v_cache_block + slots_in_block * stride_v_cache_slot
     if V_SLOT_MAJOR:

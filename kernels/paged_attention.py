@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels.kv_store import check_cache_layout, gather_kv_ref, is_slot_major
-from kernels.kv_tile import attend_kv_tile
+from kernels.kv_tile import attend_fresh_tile, attend_kv_tile
 from kernels.shared_prefix import SharedPrefix, shared_prefix_attention
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -46,6 +46,8 @@ def paged_attention_ref(
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
     num_decode_seqs: int = 0,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attend each sequence's queries to its cached keys/values.
 
@@ -55,6 +57,12 @@ def paged_attention_ref(
     cu_query_lens[-1] (padding) are returned as zeros. shared_prefix and num_decode_seqs (the
     first num_decode_seqs sequences have one query each) only say how the Triton version may
     split the work; the result is the same without them, so they are ignored here.
+
+    key / value: [num_tokens, num_kv_heads, head_dim], the rows the step just wrote to the
+    cache. Over an INT8 cache a chunk of more than one query attends to its own tokens through
+    these, unquantized (it has them at hand; only earlier positions need the cache); decodes
+    read their one new token back from the cache like every other. A 16/32-bit cache holds
+    the same rows, so there they change nothing.
     """
     num_heads = query.shape[1]
     num_kv_heads = k_cache.shape[2]
@@ -69,6 +77,10 @@ def paged_attention_ref(
             continue
         k = gather_kv_ref(k_cache, k_scale, block_tables[s], context_len, query.dtype)
         v = gather_kv_ref(v_cache, v_scale, block_tables[s], context_len, query.dtype)
+        if key is not None and value is not None and k_cache.dtype == torch.int8 and query_len > 1:
+            cached = context_len - query_len
+            k = torch.cat((k[:cached], key[start:end].to(k.dtype)))
+            v = torch.cat((v[:cached], value[start:end].to(v.dtype)))
         q = query[start:end].transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_dim]
         k = k.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0)
         v = v.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0)
@@ -126,6 +138,8 @@ def _paged_attention_kernel(
     prefix_lens_ptr,  # [num_seqs] int32 (HAS_PREFIX only): keys before this come from prefix_out
     prefix_out_ptr,  # [num_tokens, num_heads, HEAD_DIM] fp32 (HAS_PREFIX only)
     prefix_lse_ptr,  # [num_tokens, num_heads] fp32, base 2 (HAS_PREFIX only)
+    key_ptr,  # [num_tokens, num_kv_heads, HEAD_DIM] the step's keys (FRESH_KV only)
+    value_ptr,  # [num_tokens, num_kv_heads, HEAD_DIM] (FRESH_KV only)
     num_seqs,
     seq_offset,  # sequence s of this launch is row s + seq_offset of the tables and lengths
     qk_scale,  # softmax scale * log2(e): the softmax runs in base 2
@@ -151,10 +165,15 @@ def _paged_attention_kernel(
     stride_prefix_out_token,
     stride_prefix_out_head,
     stride_prefix_lse_token,
+    stride_key_token,
+    stride_key_head,
+    stride_value_token,
+    stride_value_head,
     GROUP_SIZE: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    FRESH_BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     V_SLOT_MAJOR: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -162,6 +181,7 @@ def _paged_attention_kernel(
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    FRESH_KV: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     q_block = tl.program_id(0)
@@ -201,9 +221,16 @@ def _paged_attention_kernel(
     max_score = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denominator = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for kv_start in range(kv_begin, kv_end, BLOCK_N):
+    # With FRESH_KV a chunk (more than one query) reads its own keys from key / value, and the
+    # cache only for the positions before it.
+    chunk_start = context_len - query_len  # position of the chunk's first token
+    cache_end = kv_end
+    if FRESH_KV:
+        if query_len > 1:
+            cache_end = tl.minimum(kv_end, chunk_start)
+    for kv_start in range(kv_begin, cache_end, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
-        key_mask = keys < kv_end
+        key_mask = keys < cache_end
         visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
         acc, max_score, denominator = attend_kv_tile(
             q,
@@ -212,7 +239,7 @@ def _paged_attention_kernel(
             denominator,
             keys,
             key_mask,
-            kv_end,
+            cache_end,
             visible,
             block_table_ptr,
             k_head_ptr,
@@ -240,6 +267,30 @@ def _paged_attention_kernel(
             DOT_DTYPE,
             DOT_PRECISION,
         )
+    if FRESH_KV:
+        k_fresh_ptr = key_ptr + kv_head * stride_key_head
+        v_fresh_ptr = value_ptr + kv_head * stride_value_head
+        for kv_start in range(cache_end, kv_end, FRESH_BLOCK_N):
+            keys = kv_start + tl.arange(0, FRESH_BLOCK_N)
+            key_mask = keys < kv_end
+            visible = key_mask[None, :] & (keys[None, :] <= q_position[:, None])
+            acc, max_score, denominator = attend_fresh_tile(
+                q,
+                acc,
+                max_score,
+                denominator,
+                q_start + keys - chunk_start,  # the rows of the chunk's tokens at these positions
+                key_mask,
+                visible,
+                k_fresh_ptr,
+                v_fresh_ptr,
+                dims,
+                qk_scale,
+                stride_key_token,
+                stride_value_token,
+                DOT_DTYPE,
+                DOT_PRECISION,
+            )
 
     if HAS_PREFIX:  # merge with the prefix part: both are softmax pieces of one row
         prefix_lse = tl.load(
@@ -268,16 +319,18 @@ def _paged_attention_kernel(
 @dataclass(frozen=True)
 class TileConfig:
     """Launch shape of the kernel: BLOCK_M = block_q * next_pow2(group) query rows per
-    program, block_n keys per iteration."""
+    program, block_n cached keys per iteration and fresh_block_n of the step's own keys
+    (launches given key / value; block_n when not set)."""
 
     block_q: int
     block_n: int
     num_warps: int
     num_stages: int
+    fresh_block_n: int | None = None
 
 
 def default_tile_config(
-    num_tokens: int, num_seqs: int, group_pad: int, is_int8: bool
+    num_tokens: int, num_seqs: int, group_pad: int, is_int8: bool, fresh: bool = False
 ) -> TileConfig:
     """Batches of mostly single-token queries (decodes, maybe a few padding rows) get the
     smallest tile tl.dot takes (M = 16 rows); prefill chunks get more rows per K/V read. Only
@@ -285,10 +338,19 @@ def default_tile_config(
 
     Tuned on one H100 (bf16, 32 query / 8 KV heads, head_dim 128, block_size 16): decode reads
     the bf16 cache at ~2.7 TB/s with these; prefill reaches ~250 TFLOP/s (bf16 cache) and
-    ~185 (INT8 cache), about half of torch's dense flash attention.
+    ~185 (INT8 cache), about half of torch's dense flash attention. An INT8 cache's chunks
+    that read their own keys unquantized (fresh) mostly run bf16's loop.
     """
     if num_tokens < 2 * num_seqs:
         return TileConfig(block_q=max(1, 16 // group_pad), block_n=128, num_warps=4, num_stages=3)
+    if is_int8 and fresh:
+        return TileConfig(
+            block_q=max(1, 64 // group_pad),
+            block_n=128,
+            num_warps=4,
+            num_stages=3,
+            fresh_block_n=64,
+        )
     if is_int8:
         return TileConfig(block_q=max(1, 64 // group_pad), block_n=128, num_warps=4, num_stages=3)
     return TileConfig(block_q=max(1, 128 // group_pad), block_n=32, num_warps=4, num_stages=3)
@@ -306,6 +368,8 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,
     shared_prefix: SharedPrefix | None = None,
     num_decode_seqs: int = 0,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton version of paged_attention_ref (same contract; padding rows come back as zeros).
 
@@ -317,19 +381,25 @@ def paged_attention(
     With shared_prefix (decode steps only: one query per sequence) the shared prefixes are
     attended once per tile of sequences first (kernels/shared_prefix.py) and each sequence
     then reads only its own keys, merging the two softmax pieces.
+
+    key / value (what store_kv just wrote) are read, over an INT8 cache, by the chunks of
+    more than one query (see paged_attention_ref); a 16/32-bit cache holds the same rows.
     """
     group_pad = triton.next_power_of_2(query.shape[1] // k_cache.shape[2])
     is_int8 = k_cache.dtype == torch.int8
     num_tokens, num_seqs = query.shape[0], context_lens.shape[0]
-    config = default_tile_config(num_tokens, num_seqs, group_pad, is_int8)
     decodes = num_decode_seqs
+    # Only chunks read key / value: a step of decodes alone keeps the kernel without them.
+    if not is_int8 or shared_prefix is not None or decodes >= num_seqs:
+        key = value = None
+    config = default_tile_config(num_tokens, num_seqs, group_pad, is_int8, key is not None)
     if shared_prefix is None and 0 < decodes < num_seqs and config.block_q * group_pad > 16:
         # A mixed step: its leading decodes would run in prefill tiles (BLOCK_M rows for one
         # query each, short key tiles); give them a launch with decode tiles of their own.
         out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
-        for rows, cu, first_seq in (
-            (slice(0, decodes), cu_query_lens[: decodes + 1], 0),
-            (slice(decodes, None), cu_query_lens[decodes:] - decodes, decodes),
+        for rows, cu, first_seq, fresh in (
+            (slice(0, decodes), cu_query_lens[: decodes + 1], 0, False),
+            (slice(decodes, None), cu_query_lens[decodes:] - decodes, decodes, key is not None),
         ):
             part_tokens, part_seqs = query[rows].shape[0], cu.shape[0] - 1
             launch_paged_attention(
@@ -342,9 +412,11 @@ def paged_attention(
                 scale,
                 k_scale,
                 v_scale,
-                default_tile_config(part_tokens, part_seqs, group_pad, is_int8),
+                default_tile_config(part_tokens, part_seqs, group_pad, is_int8, fresh),
                 out=out[rows],
                 seq_offset=first_seq,
+                key=key[rows] if fresh and key is not None else None,
+                value=value[rows] if fresh and value is not None else None,
             )
         return out
     return launch_paged_attention(
@@ -359,6 +431,8 @@ def paged_attention(
         v_scale,
         config,
         shared_prefix,
+        key=key,
+        value=value,
     )
 
 
@@ -376,10 +450,13 @@ def launch_paged_attention(
     shared_prefix: SharedPrefix | None = None,
     out: torch.Tensor | None = None,
     seq_offset: int = 0,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """paged_attention with an explicit tile config (for tuning on a GPU); writes into out
     (zeros, query's shape, dense rows) when given. The launch covers the len(cu_query_lens) - 1
-    sequences from row seq_offset of block_tables and context_lens."""
+    sequences from row seq_offset of block_tables and context_lens. With key / value (rows
+    like query's) every chunk of more than one query reads its own keys from them."""
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two"
@@ -403,6 +480,14 @@ def launch_paged_attention(
     assert shared_prefix is None or seq_offset == 0
     if num_tokens == 0 or num_seqs == 0:
         return out
+    fresh = key is not None
+    if key is None or value is None:
+        key = value = query  # unused by the kernel; any tensor gives it pointers and strides
+    else:
+        assert shared_prefix is None, "fresh keys are for chunks, shared prefixes for decodes"
+        assert key.shape == value.shape == (num_tokens, num_kv_heads, head_dim)
+        key = key if key.stride(-1) == 1 else key.contiguous()
+        value = value if value.stride(-1) == 1 else value.contiguous()
     # CPU tensors mean the Triton interpreter, whose 16-bit tl.dot is wrong: use fp32 there.
     # An fp32 model keeps fp32 products ("ieee", not TF32).
     use_fp32_dot = query.dtype == torch.float32 or query.device.type != "cuda"
@@ -439,6 +524,8 @@ def launch_paged_attention(
         prefix_lens,
         prefix_out,
         prefix_lse,
+        key,
+        value,
         num_seqs,
         seq_offset,
         scale * math.log2(math.e),
@@ -464,10 +551,15 @@ def launch_paged_attention(
         prefix_out.stride(0),
         prefix_out.stride(1),
         prefix_lse.stride(0),
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
         GROUP_SIZE=group_size,
         GROUP_PAD=group_pad,
         BLOCK_Q=config.block_q,
         BLOCK_N=config.block_n,
+        FRESH_BLOCK_N=config.fresh_block_n or config.block_n,
         BLOCK_SIZE=block_size,
         V_SLOT_MAJOR=is_slot_major(v_cache),
         HEAD_DIM=head_dim,
@@ -475,6 +567,7 @@ def launch_paged_attention(
         DOT_DTYPE=dot_dtype,
         DOT_PRECISION=dot_precision,
         HAS_PREFIX=shared_prefix is not None,
+        FRESH_KV=fresh,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -74,6 +74,8 @@ class Attention(nn.Module):
             kv.v_scale,
             shared_prefix=batch.shared_prefix,
             num_decode_seqs=batch.num_decode_seqs,
+            key=k,
+            value=v,
         )
         return F.linear(out.reshape(-1, self.q_size), self.o_proj_weight)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels.kv_store import (
+    gather_kv_ref,
     quantize_int8_ref,
     slot_major_values,
     to_head_major_scales,
@@ -96,11 +97,27 @@ def quantized(
     return int8_batch, k_scale, v_scale
 
 
+def step_kv(batch: Batch) -> dict[str, torch.Tensor]:
+    """The key / value rows a step would have written for its queries (as the engine passes
+    them): each chunk's tokens read from the batch's unquantized cache; padding rows junk."""
+    rows = {"key": [], "value": []}
+    cu, ctx = batch.cu_query_lens.tolist(), batch.context_lens.tolist()
+    for s, context_len in enumerate(ctx):
+        for name, cache in (("key", batch.k_cache), ("value", batch.v_cache)):
+            gathered = gather_kv_ref(cache, None, batch.block_tables[s], context_len, cache.dtype)
+            rows[name].append(gathered[context_len - (cu[s + 1] - cu[s]) :])
+    padding = batch.query.shape[0] - cu[-1]
+    junk = torch.full((padding, *batch.k_cache.shape[2:]), 7.0, dtype=batch.k_cache.dtype)
+    return {
+        name: torch.cat([*parts, junk.to(batch.k_cache.device)]) for name, parts in rows.items()
+    }
+
+
 def assert_matches_reference(
-    batch: Batch, *scales: torch.Tensor, num_decode_seqs: int = 0
+    batch: Batch, *scales: torch.Tensor, num_decode_seqs: int = 0, **fresh: torch.Tensor
 ) -> torch.Tensor:
-    out = paged_attention(*batch.args(), *scales, num_decode_seqs=num_decode_seqs)
-    expected = paged_attention_ref(*batch.args(), *scales)
+    out = paged_attention(*batch.args(), *scales, num_decode_seqs=num_decode_seqs, **fresh)
+    expected = paged_attention_ref(*batch.args(), *scales, **fresh)
     assert out.dtype == batch.query.dtype and out.shape == batch.query.shape
     tol = TOLERANCE[batch.query.dtype]
     torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
@@ -227,6 +244,57 @@ def test_paged_attention_over_slot_major_int8_values_matches_reference(
     assert_matches_reference(int8_batch, k_scale, v_scale, num_decode_seqs=num_decode_seqs)
 
 
+@pytest.mark.parametrize("block_size", [BLOCK, 16])
+@pytest.mark.parametrize("num_decode_seqs", [0, 5], ids=["one_launch", "split"])
+def test_int8_chunks_that_read_their_own_keys_unquantized_match_reference(
+    block_size: int, num_decode_seqs: int
+) -> None:
+    # Decodes first, then chunks after prefixes that end mid-block and whole prompts.
+    seqs = [*RAGGED_DECODES, (40, 7), (16 * 3 + 5, 21), (BLOCK - 1, BLOCK - 1), (33, 33)]
+    batch = make_batch(
+        seqs,
+        num_kv_heads=2,
+        group=4,
+        dtype=torch.float32,
+        block_size=block_size,
+        num_padding_rows=2,
+    )
+    fresh = step_kv(batch)
+    int8_batch, k_scale, v_scale = quantized(batch)
+    out = assert_matches_reference(
+        int8_batch, k_scale, v_scale, num_decode_seqs=num_decode_seqs, **fresh
+    )
+    assert torch.equal(out[-2:], torch.zeros_like(out[-2:]))
+    # Whole prompts then see no quantization at all; decodes still read their codes.
+    exact = paged_attention_ref(*batch.args())
+    quantized_only = paged_attention_ref(*int8_batch.args(), k_scale, v_scale)
+    cu = batch.cu_query_lens.tolist()
+    for s, (context_len, query_len) in enumerate(seqs):
+        rows = slice(cu[s], cu[s + 1])
+        if context_len == query_len > 1:
+            torch.testing.assert_close(out[rows], exact[rows], atol=1e-5, rtol=1e-5)
+        if query_len == 1:
+            torch.testing.assert_close(out[rows], quantized_only[rows], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, quantized_only, atol=1e-3, rtol=1e-3)
+
+
+def test_int8_chunks_over_a_prefix_read_the_prefix_from_the_cache() -> None:
+    # A chunk after a prefix: its own keys come from key / value, the prefix's from the
+    # codes; junk in key / value's prefix positions would not be seen, junk in the chunk
+    # positions would.
+    batch = make_batch([(40, 7)], num_kv_heads=2, group=4, dtype=torch.float32)
+    fresh = step_kv(batch)
+    int8_batch, k_scale, v_scale = quantized(batch)
+    out = paged_attention(*int8_batch.args(), k_scale, v_scale, **fresh)
+    doubled = paged_attention(
+        *int8_batch.args(), k_scale, v_scale, key=fresh["key"], value=2 * fresh["value"]
+    )
+    assert not torch.allclose(out, doubled, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        out, paged_attention_ref(*int8_batch.args(), k_scale, v_scale, **fresh)
+    )
+
+
 def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:
     seqs = [(MANY, 1), (30, 12), (BLOCK + 1, 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=2, dtype=torch.float32)
@@ -270,8 +338,10 @@ def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed, int8: bo
         device="cuda",
     )
     scales: tuple[torch.Tensor, ...] = ()
+    fresh: dict[str, torch.Tensor] = {}
     if int8:
+        fresh = step_kv(batch)  # as the engine passes them
         batch, k_scale, v_scale = quantized(batch)
         scales = (k_scale, v_scale)
-    out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes)
+    out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes, **fresh)
     assert torch.equal(out[-8:], torch.zeros_like(out[-8:]))
