@@ -16,7 +16,7 @@ WK's decode shape is --decode-seqs 188 --context 4352.
     python -m bench.tune_attention [--shape llama-3.1-8b] [--context 640] [--decode-seqs 512]
         [--prompt-len 512] [--no-sweep]
         [--scenario decode|prefill|chunk]
-        [--cache bf16|int8|int8-fresh|int8-row-scales|int8-row-major]
+        [--cache bf16|bf16-fresh|int8|int8-fresh|int8-row-scales|int8-row-major]
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from kernels.kv_store import (
 )
 from kernels.paged_attention import TileConfig, default_tile_config, launch_paged_attention
 
-# Cache name -> make_step's (int8, slot_major, head_major_scales, fresh): bf16, INT8 as the
-# engine lays it out (its chunks reading the cache, or their own keys as the engine has them),
-# and the two earlier INT8 layouts (row-major scales; row-major values and scales).
+# Cache name -> make_step's (int8, slot_major, head_major_scales, fresh): bf16 (its chunks
+# reading the cache, as the engine does, or their own keys), INT8 as the engine lays it out
+# (its chunks reading the cache, or their own keys as the engine does), and the two earlier
+# INT8 layouts (row-major scales; row-major values and scales).
 CACHES = {
     "bf16": (False, True, True, False),
+    "bf16-fresh": (False, True, True, True),
     "int8": (True, True, True, False),
     "int8-fresh": (True, True, True, True),
     "int8-row-scales": (True, True, False, False),
