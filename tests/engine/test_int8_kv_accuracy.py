@@ -23,6 +23,23 @@ def tiny_path(request, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def llms(tiny_path) -> tuple[LLM, LLM]:
+    """The tiny model over an unquantized (fp32) and an INT8 cache."""
+    auto, int8 = (
+        LLM(
+            str(tiny_path),
+            dtype="float32",
+            device="cpu",
+            block_size=BLOCK_SIZE,
+            num_blocks=64,
+            kv_cache_dtype=kv_cache_dtype,
+        )
+        for kv_cache_dtype in ("auto", "int8")
+    )
+    return auto, int8
+
+
 @torch.inference_mode()
 def decode_logprobs(llm: LLM, prompts: list[list[int]]) -> torch.Tensor:
     """The prompts fed one token per step (decodes: each reads every earlier key and value
@@ -91,18 +108,8 @@ def prefill_logprobs(llm: LLM, prompts: list[list[int]]) -> torch.Tensor:
     return torch.log_softmax(model.compute_logits(model(batch, kv)), dim=-1)
 
 
-def test_int8_kv_next_token_distributions_stay_close_to_unquantized(tiny_path):
-    auto, int8 = (
-        LLM(
-            str(tiny_path),
-            dtype="float32",
-            device="cpu",
-            block_size=BLOCK_SIZE,
-            num_blocks=64,
-            kv_cache_dtype=kv_cache_dtype,
-        )
-        for kv_cache_dtype in ("auto", "int8")
-    )
+def test_int8_kv_next_token_distributions_stay_close_to_unquantized(llms):
+    auto, int8 = llms
     prompts = tm.random_prompts(4, 1, 40, seed=3)
     ref = decode_logprobs(auto, prompts)
     quant = decode_logprobs(int8, prompts)
@@ -117,20 +124,10 @@ def test_int8_kv_next_token_distributions_stay_close_to_unquantized(tiny_path):
     assert top1 >= 0.9
 
 
-def test_an_int8_prefill_attends_to_its_own_tokens_unquantized(tiny_path):
+def test_an_int8_prefill_attends_to_its_own_tokens_unquantized(llms):
     # A whole prompt in one chunk reads its own keys and values from the step, not back from
     # the INT8 codes: its logits are those of the unquantized cache.
-    auto, int8 = (
-        LLM(
-            str(tiny_path),
-            dtype="float32",
-            device="cpu",
-            block_size=BLOCK_SIZE,
-            num_blocks=64,
-            kv_cache_dtype=kv_cache_dtype,
-        )
-        for kv_cache_dtype in ("auto", "int8")
-    )
+    auto, int8 = llms
     prompts = tm.random_prompts(4, 1, 40, seed=3)
     torch.testing.assert_close(
         prefill_logprobs(int8, prompts), prefill_logprobs(auto, prompts), atol=1e-4, rtol=1e-4
