@@ -398,9 +398,16 @@ def paged_attention(
         # A mixed step: its leading decodes would run in prefill tiles (BLOCK_M rows for one
         # query each, short key tiles); give them a launch with decode tiles of their own.
         out = torch.zeros(query.shape, dtype=query.dtype, device=query.device)
-        for rows, cu, first_seq, fresh in (
-            (slice(0, decodes), cu_query_lens[: decodes + 1], 0, False),
-            (slice(decodes, None), cu_query_lens[decodes:] - decodes, decodes, key is not None),
+        rest = slice(decodes, None)  # the rows after the leading decodes
+        for rows, cu, first_seq, part_key, part_value in (
+            (slice(0, decodes), cu_query_lens[: decodes + 1], 0, None, None),
+            (
+                rest,
+                cu_query_lens[decodes:] - decodes,
+                decodes,
+                None if key is None else key[rest],
+                None if value is None else value[rest],
+            ),
         ):
             part_tokens, part_seqs = query[rows].shape[0], cu.shape[0] - 1
             launch_paged_attention(
@@ -413,11 +420,13 @@ def paged_attention(
                 scale,
                 k_scale,
                 v_scale,
-                default_tile_config(part_tokens, part_seqs, group_pad, is_int8, fresh),
+                default_tile_config(
+                    part_tokens, part_seqs, group_pad, is_int8, part_key is not None
+                ),
                 out=out[rows],
                 seq_offset=first_seq,
-                key=key[rows] if fresh and key is not None else None,
-                value=value[rows] if fresh and value is not None else None,
+                key=part_key,
+                value=part_value,
             )
         return out
     return launch_paged_attention(
