@@ -126,7 +126,7 @@ def main() -> None:
     # is the smaller share of its keys).
     fresh_grid = [
         TileConfig(max(1, m // group_pad), bn, w, 3, fresh_block_n=fbn)
-        for m, bn, fbn, w in itertools.product([64, 128], [64, 128], [32, 64], [4, 8])
+        for m, bn, fbn, w in itertools.product([64, 128], [32, 64, 128], [32, 64], [4, 8])
     ]
     prefill_grid = grid([64, 128], [32, 64, 128], [2, 3])
     grids = {

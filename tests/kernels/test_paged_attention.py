@@ -295,6 +295,29 @@ def test_int8_chunks_over_a_prefix_read_the_prefix_from_the_cache() -> None:
     )
 
 
+@pytest.mark.parametrize("num_decode_seqs", [0, 2], ids=["one_launch", "split"])
+def test_chunks_over_a_16_or_32_bit_cache_read_their_own_keys_from_key_and_value(
+    num_decode_seqs: int,
+) -> None:
+    # The cache holds the same rows as key / value, so the result is the reference's; junk in
+    # the chunks' value rows shows that the dense loop over them is what ran.
+    seqs = [(BLOCK + 3, 1), (9, 1), (40, 7), (33, 33)]
+    batch = make_batch(seqs, num_kv_heads=2, group=4, dtype=torch.float32, num_padding_rows=2)
+    fresh = step_kv(batch)
+    assert_matches_reference(batch, num_decode_seqs=num_decode_seqs, **fresh)
+    out = paged_attention(*batch.args(), num_decode_seqs=num_decode_seqs, **fresh)
+    doubled = paged_attention(
+        *batch.args(),
+        num_decode_seqs=num_decode_seqs,
+        key=fresh["key"],
+        value=2 * fresh["value"],
+    )
+    cu = batch.cu_query_lens.tolist()
+    decode_rows, chunk_rows = slice(0, cu[2]), slice(cu[2], cu[-1])
+    torch.testing.assert_close(doubled[decode_rows], out[decode_rows])  # decodes read the cache
+    assert not torch.allclose(doubled[chunk_rows], out[chunk_rows], atol=1e-3, rtol=1e-3)
+
+
 def test_paged_attention_over_int8_cache_stays_close_to_the_unquantized_cache() -> None:
     seqs = [(MANY, 1), (30, 12), (BLOCK + 1, 1)]
     batch = make_batch(seqs, num_kv_heads=2, group=2, dtype=torch.float32)
@@ -338,9 +361,8 @@ def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed, int8: bo
         device="cuda",
     )
     scales: tuple[torch.Tensor, ...] = ()
-    fresh: dict[str, torch.Tensor] = {}
+    fresh = step_kv(batch)  # as the engine passes them
     if int8:
-        fresh = step_kv(batch)  # as the engine passes them
         batch, k_scale, v_scale = quantized(batch)
         scales = (k_scale, v_scale)
     out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes, **fresh)
