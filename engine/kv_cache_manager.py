@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from engine.block_pool import Block, BlockPool
+from engine.block_tables import BlockTables
 from engine.request import Sequence
 
 
@@ -27,6 +28,7 @@ class KVCacheManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
+        self.tables = BlockTables()  # seq.block_ids mirrored for the model runner
 
     @property
     def num_blocks(self) -> int:
@@ -83,9 +85,12 @@ class KVCacheManager:
         if num_new_blocks > self.pool.num_free_blocks - evictable_hits:
             return False
         self.pool.touch(cached_blocks)
+        old_len = len(seq.block_ids)
         seq.block_ids.extend(b.block_id for b in cached_blocks)
         if num_new_blocks > 0:
             seq.block_ids.extend(b.block_id for b in self.pool.allocate(num_new_blocks))
+        if len(seq.block_ids) > old_len:
+            self.tables.extended(seq, old_len)
         if self.enable_prefix_caching:
             self._cache_full_blocks(seq, num_computed, total)
         return True
@@ -96,11 +101,13 @@ class KVCacheManager:
         keep = self.blocks_needed(num_tokens)
         if len(seq.block_ids) > keep:
             self.pool.free(self.pool.blocks[b] for b in reversed(seq.block_ids[keep:]))
+            self.tables.truncated(seq, keep)
             del seq.block_ids[keep:]
 
     def free(self, seq: Sequence) -> None:
         """Release seq's blocks, tail first (so its prefix stays cached longest)."""
         self.pool.free(self.pool.blocks[b] for b in reversed(seq.block_ids))
+        self.tables.released(seq)
         seq.block_ids = []
 
     def _block_tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:

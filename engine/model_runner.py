@@ -6,16 +6,17 @@ where many sequences hold the same prefix blocks attend those once per tile of s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from engine.block_tables import BlockTables
 from engine.config import CacheConfig, KVCacheDtype, ModelConfig
 from engine.forward_batch import ForwardBatch, LayerKVCache
 from engine.models.llama import LlamaForCausalLM
-from engine.request import PENDING_TOKEN
+from engine.request import PENDING_TOKEN, Sequence
 from engine.scheduler import SchedulerOutput
 from engine.shared_prefix import SharedPrefixPlan, plan_shared_prefix
 from kernels.kv_store import allocate_kv_cache, allocate_kv_scales
@@ -76,6 +77,12 @@ class PendingInputs:
         graphs pad each sequence to the same number of rows)."""
         device = input_ids.device
         rows_list = self.rows if row_map is None else [row_map[r] for r in self.rows]
+        first = list(range(len(rows_list)))
+        if rows_list == first and self.sources == first:
+            # A decode step over the previous step's sequences in the same order: a slice,
+            # without sending two index lists to the device.
+            input_ids[: len(first)] = self.tokens[: len(first)].to(input_ids.dtype)
+            return
         rows = torch.tensor(rows_list).to(device, non_blocking=True)
         sources = torch.tensor(self.sources).to(device, non_blocking=True)
         input_ids[rows] = self.tokens[sources].to(input_ids.dtype)
@@ -92,6 +99,8 @@ class HostBatch:
     cu_query_lens: list[int]
     context_lens: list[int]
     logits_indices: list[int]
+    seqs: list[Sequence] = field(default_factory=list)  # one per row of block_tables
+    tables: BlockTables | None = None  # where the rows are kept as one array, if anywhere
     _table: np.ndarray | None = None
 
     def num_leading_decodes(self) -> int:
@@ -106,15 +115,19 @@ class HostBatch:
         """block_tables as one [num_seqs, longest] int32 array (built once)."""
         if self._table is None:
             width = max(len(r) for r in self.block_tables)
-            self._table = padded_block_table_np(self.block_tables, width)
+            if self.tables is not None:
+                self._table = self.tables.gather(self.seqs, width)
+            if self._table is None:
+                self._table = padded_block_table_np(self.block_tables, width)
         return self._table
 
 
 def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
-    batch = HostBatch([], [], [], [], [0], [], [])
+    batch = HostBatch([], [], [], [], [0], [], [], tables=out.block_tables)
     cu = batch.cu_query_lens
     for chunk in out.chunks:
         seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
+        batch.seqs.append(seq)
         block_ids = seq.block_ids
         if end == start + 1 and not chunk.draft_token_ids:  # a decode: most rows, kept cheap
             batch.input_ids.append(seq.token_ids[start])

@@ -63,6 +63,7 @@ class Sequence:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     block_ids: list[int] = field(default_factory=list)
+    block_table_row: int = -1  # its row in engine/block_tables.py's array (-1: none yet)
     block_hashes: list[bytes] = field(default_factory=list)  # hashes of its full blocks, in order
     num_preemptions: int = 0
     finish_reason: FinishReason | None = None

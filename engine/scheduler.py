@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from engine.block_tables import BlockTables
 from engine.config import SchedulerConfig
 from engine.kv_cache_manager import KVCacheManager
 from engine.request import PENDING_TOKEN, FinishReason, Sequence, SequenceStatus
@@ -40,6 +41,7 @@ class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens newly served from the prefix cache this step
+    block_tables: BlockTables | None = None  # the chunks' block ids as rows (else from lists)
 
     @property
     def is_empty(self) -> bool:
@@ -78,7 +80,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Pick this step's chunks and advance each chosen sequence's num_computed_tokens."""
-        out = SchedulerOutput()
+        out = SchedulerOutput(block_tables=self.kv_cache.tables)
         budget = self.config.max_num_batched_tokens
         decoding = [s for s in self.running if s.num_computed_tokens >= s.num_prompt_tokens]
         prefilling = [s for s in self.running if s.num_computed_tokens < s.num_prompt_tokens]

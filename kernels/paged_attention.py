@@ -345,22 +345,9 @@ def default_tile_config(
     """
     if num_tokens < 2 * num_seqs:
         return TileConfig(block_q=max(1, 16 // group_pad), block_n=128, num_warps=4, num_stages=3)
-    if is_int8 and fresh:
-        return TileConfig(
-            block_q=max(1, 64 // group_pad),
-            block_n=128,
-            num_warps=4,
-            num_stages=3,
-            fresh_block_n=64,
-        )
-    if fresh:
-        return TileConfig(
-            block_q=max(1, 128 // group_pad),
-            block_n=32,
-            num_warps=4,
-            num_stages=3,
-            fresh_block_n=32,
-        )
+    if fresh:  # query rows, cached keys and own keys per iteration
+        rows, block_n, fresh_block_n = (64, 128, 64) if is_int8 else (128, 32, 32)
+        return TileConfig(max(1, rows // group_pad), block_n, 4, 3, fresh_block_n=fresh_block_n)
     if is_int8:
         return TileConfig(block_q=max(1, 64 // group_pad), block_n=128, num_warps=4, num_stages=3)
     return TileConfig(block_q=max(1, 128 // group_pad), block_n=32, num_warps=4, num_stages=3)
