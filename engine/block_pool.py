@@ -33,6 +33,7 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
         self._cached: dict[bytes, Block] = {}
+        self.num_shared_blocks = 0  # blocks with ref_count >= 2 (held by several sequences)
 
     @property
     def num_blocks(self) -> int:
@@ -77,12 +78,16 @@ class BlockPool:
             if block.ref_count == 0:
                 del self._free[block.block_id]
             block.ref_count += 1
+            if block.ref_count == 2:
+                self.num_shared_blocks += 1
 
     def free(self, blocks: Iterable[Block]) -> None:
         """Drop a reference; blocks reaching zero join the back of the free queue in the given
         order (pass a sequence's blocks tail first, so its prefix is evicted last)."""
         for block in blocks:
             assert block.ref_count > 0, f"block {block.block_id} freed twice"
+            if block.ref_count == 2:
+                self.num_shared_blocks -= 1
             block.ref_count -= 1
             if block.ref_count == 0:
                 self._free[block.block_id] = block

@@ -282,7 +282,12 @@ class ModelRunner:
         # model's catch-up): a step a graph family with enough query rows can replay.
         uniform = all(c.sample for c in out.chunks)
         plan = None
-        if self.shared_prefix and uniform and all(c.num_tokens == 1 for c in out.chunks):
+        if (
+            self.shared_prefix
+            and out.any_shared_blocks
+            and uniform
+            and all(c.num_tokens == 1 for c in out.chunks)
+        ):
             plan = self.plan_shared_prefix(host)
         self.last_shared_prefix = plan
         if self.graphs and uniform:

@@ -42,6 +42,8 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens newly served from the prefix cache this step
     block_tables: BlockTables | None = None  # the chunks' block ids as rows (else from lists)
+    # False when no block is held by two sequences: no shared prefix to plan for.
+    any_shared_blocks: bool = True
 
     @property
     def is_empty(self) -> bool:
@@ -105,6 +107,7 @@ class Scheduler:
             budget -= num_new
         if not out.preempted:
             budget = self._admit_waiting(budget, out)
+        out.any_shared_blocks = self.kv_cache.pool.num_shared_blocks > 0
         return out
 
     def _allocate_or_preempt(self, seq: Sequence, num_new: int, out: SchedulerOutput) -> bool:

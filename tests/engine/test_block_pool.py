@@ -114,3 +114,21 @@ def test_prefix_caching_off_never_hits():
     a = make_seq([1, 2, 3, 4, 5])
     assert kv.allocate_slots(a, 5)
     assert kv.find_cached_prefix(make_seq([1, 2, 3, 4, 5], request_id=1)) == []
+
+
+def test_the_pool_counts_blocks_held_by_several_sequences():
+    kv = KVCacheManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
+    prefix = list(range(100, 112))  # 3 full blocks
+    first = make_seq(prefix + [1, 2])
+    assert kv.allocate_slots(first, first.num_tokens)
+    assert kv.pool.num_shared_blocks == 0
+    second = make_seq(prefix + [7], request_id=1)
+    assert kv.allocate_slots(second, 1, kv.find_cached_prefix(second))
+    assert kv.pool.num_shared_blocks == 3
+    third = make_seq(prefix[:8] + [5], request_id=2)
+    assert kv.allocate_slots(third, 1, kv.find_cached_prefix(third))
+    assert kv.pool.num_shared_blocks == 3  # blocks 0 and 1 go from 2 to 3 references
+    kv.free(first)
+    assert kv.pool.num_shared_blocks == 2  # block 2 is second's alone now
+    kv.free(third)
+    assert kv.pool.num_shared_blocks == 0
