@@ -75,13 +75,16 @@ class Sequence:
     num_accepted_drafts: int = 0
     max_draft_tokens: int | None = None  # per-sequence draft length (None: the config's k)
 
+    # The request's prompt length (its tokens are a tuple): read several times per sequence
+    # in every step, so kept instead of recomputed.
+    num_prompt_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_prompt_tokens = len(self.request.prompt_token_ids)
+
     @classmethod
     def from_request(cls, request: Request) -> Sequence:
         return cls(request=request, token_ids=list(request.prompt_token_ids))
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.request.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:
