@@ -95,11 +95,10 @@ class HostBatch:
     input_ids: list[int]
     positions: list[int]
     slot_mapping: list[int]
-    block_tables: list[list[int]]  # ragged: one row per sequence
     cu_query_lens: list[int]
     context_lens: list[int]
     logits_indices: list[int]
-    seqs: list[Sequence] = field(default_factory=list)  # one per row of block_tables
+    seqs: list[Sequence] = field(default_factory=list)  # one per sequence, in order
     tables: BlockTables | None = None  # where the rows are kept as one array, if anywhere
     _table: np.ndarray | None = None
 
@@ -112,18 +111,18 @@ class HostBatch:
         return n
 
     def block_table(self) -> np.ndarray:
-        """block_tables as one [num_seqs, longest] int32 array (built once)."""
+        """The sequences' block ids as one [num_seqs, longest] int32 array (built once)."""
         if self._table is None:
-            width = max(len(r) for r in self.block_tables)
+            width = max(len(seq.block_ids) for seq in self.seqs)
             if self.tables is not None:
                 self._table = self.tables.gather(self.seqs, width)
             if self._table is None:
-                self._table = padded_block_table_np(self.block_tables, width)
+                self._table = padded_block_table_np([s.block_ids for s in self.seqs], width)
         return self._table
 
 
 def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
-    batch = HostBatch([], [], [], [], [0], [], [], tables=out.block_tables)
+    batch = HostBatch([], [], [], [0], [], [], tables=out.block_tables)
     cu = batch.cu_query_lens
     for chunk in out.chunks:
         seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_tokens
@@ -137,7 +136,6 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
             )
             cu.append(cu[-1] + 1)
             batch.context_lens.append(end)
-            batch.block_tables.append(block_ids)
             if end == seq.num_tokens:  # chunk.sample
                 batch.logits_indices.append(cu[-1] - 1)
             continue
@@ -149,7 +147,6 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
         )
         batch.cu_query_lens.append(batch.cu_query_lens[-1] + chunk.num_tokens)
         batch.context_lens.append(end)
-        batch.block_tables.append(block_ids)
         if chunk.sample:  # a chunk with drafts is scored at every draft and after the last
             first = batch.cu_query_lens[-1] - 1 - len(chunk.draft_token_ids)
             batch.logits_indices.extend(range(first, batch.cu_query_lens[-1]))

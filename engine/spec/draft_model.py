@@ -140,7 +140,7 @@ class DraftModelProposer:
         drafted = [0] * len(seqs)
         previous: dict[int, int] = {}  # seq index -> its row in the last step's tokens
         while active:
-            out = SchedulerOutput()
+            out = SchedulerOutput(block_tables=self.kv_cache.tables)
             ran: list[int] = []
             pending_rows, pending_sources = [], []
             row = 0
