@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.forward_batch import ForwardBatch, LayerKVCache
@@ -199,10 +200,10 @@ class StepGraphs:
         self.context_staging[:size].zero_()
         if q == 1:
             rows = list(range(n))
-            tokens[0, :n] = torch.tensor(host.input_ids)
-            tokens[1, :n] = torch.tensor(host.positions)
-            tokens[2, :n] = torch.tensor(host.slot_mapping)
-            self.context_staging[:n] = torch.tensor(host.context_lens)
+            # One conversion of the three lists (a tensor per list costs ~8x as much).
+            columns = (host.input_ids, host.positions, host.slot_mapping)
+            tokens[:, :n] = torch.from_numpy(np.array(columns, dtype=np.int64))
+            self.context_staging[:n] = torch.from_numpy(np.array(host.context_lens))
         else:
             rows = [i * q + j for i, length in enumerate(query_lens) for j in range(length)]
             index = torch.tensor(rows)
