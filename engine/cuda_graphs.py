@@ -35,7 +35,10 @@ class SharedPrefixTiling:
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
-    sizes = [1, 2, 4, 8] + list(range(16, max_batch_size + 1, 16))
+    """Padded batch sizes to capture: every 16 up to 512, every 32 above (a step of 16 above
+    512 would double the captures for under 3% less padding)."""
+    sizes = [1, 2, 4, 8, *range(16, min(max_batch_size, 512) + 1, 16)]
+    sizes += range(544, max_batch_size + 1, 32)
     return sorted({s for s in sizes if s <= max_batch_size} | {max_batch_size})
 
 

@@ -21,7 +21,7 @@ from engine.spec.proposer import Proposer
 
 logger = logging.getLogger(__name__)
 
-MAX_GRAPH_BATCH_SIZE = 512
+MAX_GRAPH_BATCH_SIZE = 1024
 
 
 def random_model(
