@@ -38,11 +38,15 @@ class Workload:
     num_requests: int
     num_system_prompts: int = 0  # > 0: prompts are a shared system prompt + unique tail
     system_prompt_len: int = 0
+    # Sequences in flight at most (--max-num-seqs overrides). The 8B workloads' KV cache
+    # holds ~512 of their sequences at full length; the 1B shape's holds ~3,000, and 1,024 in
+    # flight halves its decode steps (CUDA graphs are captured up to 1,024).
+    max_num_seqs: int = 512
 
 
 WORKLOADS = {
     "W8": Workload("llama-3.1-8b", 512, 256, 1024),
-    "W1": Workload("llama-3.2-1b", 512, 256, 2048),
+    "W1": Workload("llama-3.2-1b", 512, 256, 2048, max_num_seqs=1024),
     "WK": Workload("llama-3.1-8b", 4096, 512, 512),
     "WP": Workload("llama-3.1-8b", 1600, 128, 2048, num_system_prompts=4, system_prompt_len=1536),
 }
@@ -244,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--hf-generate-batch", action="store_true", help="also time transformers generate_batch"
     )
-    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument(
+        "--max-num-seqs", type=int, default=None, help="default: the workload's (512; W1 1024)"
+    )
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
     ap.add_argument(
         "--skip-plain-attention",
@@ -257,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     w = WORKLOADS[args.workload]
     if args.num_requests:
         w = Workload(**{**asdict(w), "num_requests": args.num_requests})
+    if args.max_num_seqs is None:
+        args.max_num_seqs = w.max_num_seqs
     max_model_len = w.prompt_len + w.gen_len
     torch.backends.cuda.matmul.allow_tf32 = True
     ceilings = measure_ceilings(torch.device("cuda"))
