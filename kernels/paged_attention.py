@@ -121,10 +121,11 @@ def _find_sequence(
 
 # Sizes that change from step to step are not specialised on (Triton would compile a variant for
 # each of value 1 / multiple of 16 / other): a mixed step's new variant cost the run a compile
-# in the middle of a wave. seq_offset lets a launch start at a later sequence of the step's
-# block table and lengths without slicing them (a slice's pointer may lose 16-byte alignment,
-# another variant).
-@triton.jit(do_not_specialize=["num_seqs", "seq_offset"])
+# in the middle of a wave. The block table's row stride is its width, the longest sequence's
+# block count in the step (W8's first table width not a multiple of 16 cost 2.6 s mid-run).
+# seq_offset lets a launch start at a later sequence of the step's block table and lengths
+# without slicing them (a slice's pointer may lose 16-byte alignment, another variant).
+@triton.jit(do_not_specialize=["num_seqs", "seq_offset", "stride_block_tables_seq"])
 def _paged_attention_kernel(
     query_ptr,  # [num_tokens, num_heads, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]

@@ -73,7 +73,9 @@ def shared_prefix_attention_ref(
     return out, lse
 
 
-@triton.jit
+# The block table's row stride is the step's longest block count: not specialised on, so
+# steps of every width share one compiled variant (see kernels/paged_attention.py).
+@triton.jit(do_not_specialize=["stride_block_tables_seq"])
 def _shared_prefix_kernel(
     query_ptr,  # [num_seqs, num_heads, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]

@@ -367,3 +367,36 @@ def test_paged_attention_matches_reference_at_real_sizes_in_bf16(mixed, int8: bo
         scales = (k_scale, v_scale)
     out = assert_matches_reference(batch, *scales, num_decode_seqs=decodes, **fresh)
     assert torch.equal(out[-8:], torch.zeros_like(out[-8:]))
+
+
+@pytest.mark.gpu
+def test_block_tables_of_any_width_share_one_compiled_kernel() -> None:
+    """A step's block table is as wide as its longest sequence's block count, so its row
+    stride changes from step to step; Triton would compile a variant for a stride of 1 and one
+    for a multiple of 16 besides the rest (a mid-run compile cost W8 2.6 s)."""
+    from kernels.paged_attention import _paged_attention_kernel
+
+    caches = getattr(_paged_attention_kernel, "device_caches", None)
+    if caches is None:
+        pytest.skip("this Triton keeps no per-device kernel cache to count")
+    seqs = [(16, 1)] * 6 + [(13, 1)] * 2  # one block each
+    batch = make_batch(
+        seqs,
+        num_kv_heads=8,
+        group=4,
+        dtype=torch.bfloat16,
+        head_dim=128,
+        block_size=16,
+        device="cuda",
+    )
+    compiled = caches[torch.cuda.current_device()][0]
+    outputs, counts = [], []
+    for width in (1, 48, 33, 17):
+        table = torch.zeros((len(seqs), width), dtype=torch.int32, device="cuda")
+        table[:, :1] = batch.block_tables[:, :1]
+        wide = Batch(**{**batch.__dict__, "block_tables": table})
+        outputs.append(assert_matches_reference(wide))
+        counts.append(len(compiled))
+    assert counts == [counts[0]] * 4, f"compiled variants after each width: {counts}"
+    for out in outputs[1:]:
+        assert torch.equal(out, outputs[0])
