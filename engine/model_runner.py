@@ -102,6 +102,18 @@ class HostBatch:
     tables: BlockTables | None = None  # where the rows are kept as one array, if anywhere
     _table: np.ndarray | None = None
 
+    def token_columns(self) -> np.ndarray:
+        """input_ids, positions and slot_mapping as the rows of one int64 array, for one copy
+        to the device (a torch.tensor per 16k-entry list costs ~1.9 ms on a CPU box, numpy
+        ~0.25). Rows are padded with zeros to a multiple of 16 entries, so each row's view on
+        the device starts 128-byte aligned (Triton compiles a kernel per pointer alignment)."""
+        n = len(self.input_ids)
+        columns = np.zeros((3, -(-n // 16) * 16), dtype=np.int64)
+        columns[0, :n] = self.input_ids
+        columns[1, :n] = self.positions
+        columns[2, :n] = self.slot_mapping
+        return columns
+
     def num_leading_decodes(self) -> int:
         """How many sequences from the first have one query row each."""
         cu = self.cu_query_lens
@@ -246,10 +258,12 @@ class ModelRunner:
                 t = t.pin_memory()
             return t.to(self.device, non_blocking=True)
 
+        n = len(host.input_ids)
+        columns = dev(torch.from_numpy(host.token_columns()), torch.int64)
         return ForwardBatch(
-            input_ids=dev(host.input_ids, torch.int64),
-            positions=dev(host.positions, torch.int64),
-            slot_mapping=dev(host.slot_mapping, torch.int64),
+            input_ids=columns[0, :n],
+            positions=columns[1, :n],
+            slot_mapping=columns[2, :n],
             block_tables=dev(torch.from_numpy(host.block_table()), torch.int32),
             cu_query_lens=dev(host.cu_query_lens, torch.int32),
             context_lens=dev(host.context_lens, torch.int32),
