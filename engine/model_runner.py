@@ -154,9 +154,13 @@ def build_host_batch(out: SchedulerOutput, block_size: int) -> HostBatch:
         batch.input_ids.extend(seq.token_ids[start:end])
         batch.input_ids.extend(chunk.draft_token_ids)
         batch.positions.extend(range(start, end))
-        batch.slot_mapping.extend(
-            block_ids[p // block_size] * block_size + p % block_size for p in range(start, end)
-        )
+        # The slots of the blocks the chunk touches, then its span of them (an expression per
+        # token: host batch 1.9 ms instead of 1.0 for a 16k-token prompt step, CPU box).
+        first_block = start // block_size
+        ids = np.asarray(block_ids[first_block : -(-end // block_size)], dtype=np.int64)
+        slots = (ids[:, None] * block_size + np.arange(block_size)).ravel()
+        offset = start - first_block * block_size
+        batch.slot_mapping.extend(slots[offset : offset + end - start].tolist())
         batch.cu_query_lens.append(batch.cu_query_lens[-1] + chunk.num_tokens)
         batch.context_lens.append(end)
         if chunk.sample:  # a chunk with drafts is scored at every draft and after the last

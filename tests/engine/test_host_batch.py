@@ -27,3 +27,21 @@ def test_token_columns_hold_the_lists_in_rows_padded_to_16() -> None:
     assert columns[1, :n].tolist() == host.positions
     assert columns[2, :n].tolist() == host.slot_mapping
     assert not columns[:, n:].any()
+
+
+def test_slots_of_chunks_that_start_and_end_inside_blocks() -> None:
+    kv = KVCacheManager(64, 4, True)
+    scheduler = Scheduler(SchedulerConfig(max_num_batched_tokens=7, max_num_seqs=4), kv)
+    params = SamplingParams(max_tokens=2, ignore_eos=True)
+    scheduler.add(Sequence.from_request(Request(0, tuple(range(10, 27)), params)))  # 17 tokens
+    spans = []
+    for _ in range(3):  # chunks [0, 7), [7, 14), [14, 17)
+        out = scheduler.schedule()
+        host = build_host_batch(out, 4)
+        (chunk,) = out.chunks
+        ids = chunk.seq.block_ids
+        positions = range(chunk.start, chunk.start + chunk.num_tokens)
+        assert host.slot_mapping == [ids[p // 4] * 4 + p % 4 for p in positions]
+        spans.append((chunk.start, chunk.num_tokens))
+        scheduler.update(out, [[1]] if chunk.sample else [])
+    assert spans == [(0, 7), (7, 7), (14, 3)]
