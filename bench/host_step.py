@@ -111,13 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "prefill":
         result = run_prefill(args.num_seqs, args.prompt_len, args.block_size, args.tokens_per_step)
         print(f"host work per {args.tokens_per_step}-token prompt step (median ms):")
-        for name, ms in result.items():
-            print(f"  {name:20s} {ms:7.3f}")
-        return
-    result = run(
-        args.num_seqs, args.prompt_len, args.steps, args.block_size, args.system_prompt_len
-    )
-    print(f"host work per decode step, {args.num_seqs} sequences (median ms):")
+    else:
+        result = run(
+            args.num_seqs, args.prompt_len, args.steps, args.block_size, args.system_prompt_len
+        )
+        print(f"host work per decode step, {args.num_seqs} sequences (median ms):")
     for name, ms in result.items():
         print(f"  {name:20s} {ms:7.3f}")
 

@@ -203,9 +203,7 @@ class StepGraphs:
         self.context_staging[:size].zero_()
         if q == 1:
             rows = list(range(n))
-            # One conversion of the three lists (a tensor per list costs ~8x as much).
-            columns = (host.input_ids, host.positions, host.slot_mapping)
-            tokens[:, :n] = torch.from_numpy(np.array(columns, dtype=np.int64))
+            tokens[:, :n] = torch.from_numpy(host.token_columns()[:, :n])
             self.context_staging[:n] = torch.from_numpy(np.array(host.context_lens))
         else:
             rows = [i * q + j for i, length in enumerate(query_lens) for j in range(length)]

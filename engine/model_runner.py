@@ -105,8 +105,9 @@ class HostBatch:
     def token_columns(self) -> np.ndarray:
         """input_ids, positions and slot_mapping as the rows of one int64 array, for one copy
         to the device (three torch.tensor calls on a 16k-token step's lists took 2.6 ms on a
-        CPU box, this 0.8). Rows are padded with zeros to a multiple of 16 entries, so each row's view on
-        the device starts 128-byte aligned (Triton compiles a kernel per pointer alignment)."""
+        CPU box, this 0.8). Rows are padded with zeros to a multiple of 16 entries, so each
+        row's view on the device starts 128-byte aligned (Triton compiles a kernel per
+        pointer alignment)."""
         n = len(self.input_ids)
         columns = np.zeros((3, -(-n // 16) * 16), dtype=np.int64)
         columns[0, :n] = self.input_ids
